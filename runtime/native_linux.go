@@ -1,0 +1,878 @@
+package runtime
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	goruntime "runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+)
+
+const (
+	execFifo = "exec.fifo"
+	// Environment of the re-executed child; the values are fd numbers or
+	// "kind:fd" lists, read before anything else runs (see nsenter).
+	envInit  = "_BERTH_INIT"  // "init" or "exec"
+	envSetns = "_BERTH_SETNS" // "user:5,mnt:6": joined by the C constructor
+	// envPreserveFrom is the first fd of the caller's preserved fds.
+	envPreserveFrom = "_BERTH_PRESERVE_FROM"
+)
+
+// Child fd layout: 0-2 stdio, 3 sync socket, 4 config pipe, 5 exec fifo
+// (O_PATH, init only), then namespace fds for the constructor, then
+// preserved fds are moved into place by the child itself.
+const (
+	childSyncFD   = 3
+	childConfigFD = 4
+	childFifoFD   = 5
+)
+
+// Native is Berth's own OCI runtime.
+type Native struct {
+	// Root holds one directory per container (runc's --root).
+	Root string
+	// InitPath is the executable re-run as the container's init and exec
+	// helper; empty means a read-only copy of the running executable, which
+	// must be a binary that calls InitMain (berth-runtime does).
+	InitPath string
+	Log      *slog.Logger
+}
+
+// NewNative returns a runtime keeping its state under root.
+func NewNative(root string, log *slog.Logger) (*Native, error) {
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if err := os.MkdirAll(root, 0o711); err != nil {
+		return nil, fmt.Errorf("runtime root %s: %w", root, err)
+	}
+	// The init, re-executed in a user namespace, must be able to reach the
+	// executable copy below root.
+	if err := os.Chmod(root, 0o711); err != nil {
+		return nil, fmt.Errorf("runtime root %s: %w", root, err)
+	}
+	return &Native{Root: root, Log: log}, nil
+}
+
+// initConfig is everything the container init needs, sent over a pipe so an
+// init in a user namespace never needs to read the runtime's state dir.
+type initConfig struct {
+	ID          string      `json:"id"`
+	Bundle      string      `json:"bundle"`
+	Rootfs      string      `json:"rootfs"`
+	Spec        *specs.Spec `json:"spec"`
+	NoPivot     bool        `json:"noPivot,omitempty"`
+	Console     bool        `json:"console,omitempty"` // send the pty master to the parent
+	PreserveFDs int         `json:"preserveFDs,omitempty"`
+	Seccomp     []byte      `json:"seccomp,omitempty"`
+	// NewCgroupNS asks the child to unshare its cgroup namespace once the
+	// parent has placed it in its cgroup, so the namespace is rooted there.
+	NewCgroupNS bool `json:"newCgroupNS,omitempty"`
+	// Exec is set for a process joining an existing container.
+	Exec *specs.Process `json:"exec,omitempty"`
+}
+
+// loadBundle reads and validates bundle/config.json.
+func loadBundle(bundle string) (*specs.Spec, string, error) {
+	abs, err := filepath.Abs(bundle)
+	if err != nil {
+		return nil, "", fmt.Errorf("bundle %s: %w", bundle, err)
+	}
+	b, err := os.ReadFile(filepath.Join(abs, "config.json"))
+	if err != nil {
+		return nil, "", fmt.Errorf("read bundle config: %w", err)
+	}
+	var spec specs.Spec
+	if err := json.Unmarshal(b, &spec); err != nil {
+		return nil, "", fmt.Errorf("%s: %s", filepath.Join(abs, "config.json"), describeJSONError(b, err))
+	}
+	if err := Validate(&spec); err != nil {
+		return nil, "", err
+	}
+	rootfs := spec.Root.Path
+	if !filepath.IsAbs(rootfs) {
+		rootfs = filepath.Join(abs, rootfs)
+	}
+	fi, err := os.Stat(rootfs)
+	if err != nil {
+		return nil, "", fieldErr("root.path", "%s: %v", rootfs, errors.Unwrap(err))
+	}
+	if !fi.IsDir() {
+		return nil, "", fieldErr("root.path", "%s is not a directory", rootfs)
+	}
+	return &spec, abs, nil
+}
+
+// describeJSONError turns a decoding error into "line L, column C: ...".
+func describeJSONError(data []byte, err error) string {
+	var off int64 = -1
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &se):
+		off = se.Offset
+	case errors.As(err, &te):
+		off = te.Offset
+		if te.Field != "" {
+			return fmt.Sprintf("%s: %s has the wrong type (want %s)", lineCol(data, off), te.Field, te.Type)
+		}
+	}
+	if off < 0 {
+		return err.Error()
+	}
+	return lineCol(data, off) + ": " + err.Error()
+}
+
+func lineCol(data []byte, off int64) string {
+	if off > int64(len(data)) {
+		off = int64(len(data))
+	}
+	line := 1 + bytes.Count(data[:off], []byte("\n"))
+	col := off - int64(bytes.LastIndexByte(data[:off], '\n'))
+	return fmt.Sprintf("line %d, column %d", line, col)
+}
+
+// Create sets up the container and leaves its init waiting for Start.
+func (r *Native) Create(ctx context.Context, id, bundle string, opts CreateOpts) error {
+	c, err := r.create(ctx, id, bundle, opts)
+	if err != nil {
+		return err
+	}
+	// Reap the init when it exits if this process outlives it (in-process
+	// callers); the CLI exits first and the init is re-parented.
+	go func() { _ = c.cmd.Wait() }()
+	return nil
+}
+
+type created struct {
+	cmd  *exec.Cmd
+	rec  *record
+	spec *specs.Spec
+}
+
+func (r *Native) create(ctx context.Context, id, bundle string, opts CreateOpts) (_ *created, err error) {
+	if err := validID(id); err != nil {
+		return nil, err
+	}
+	spec, bundle, err := loadBundle(bundle)
+	if err != nil {
+		return nil, err
+	}
+	rootfs := spec.Root.Path
+	if !filepath.IsAbs(rootfs) {
+		rootfs = filepath.Join(bundle, rootfs)
+	}
+	if spec.Process.Terminal && opts.ConsoleSocket == "" && opts.Console == nil {
+		return nil, errors.New("process.terminal is true but no --console-socket was given")
+	}
+	if !spec.Process.Terminal && opts.ConsoleSocket != "" {
+		return nil, errors.New("--console-socket was given but process.terminal is false")
+	}
+	ns, _ := validateNamespaces(spec.Linux.Namespaces)
+	cg, err := r.newCgroup(id, spec)
+	if err != nil {
+		return nil, err
+	}
+	seccompProg, err := r.compileSeccomp(spec.Linux.Seccomp)
+	if err != nil {
+		return nil, err
+	}
+	exe, err := r.initPath()
+	if err != nil {
+		return nil, err
+	}
+
+	dir := r.dir(id)
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return nil, fmt.Errorf("container %s already exists", id)
+		}
+		return nil, fmt.Errorf("create state dir: %w", err)
+	}
+	var cmd *exec.Cmd
+	defer func() {
+		if err == nil {
+			return
+		}
+		if cmd != nil && cmd.Process != nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+		if derr := cg.destroy(); derr != nil {
+			r.Log.Warn("remove cgroup after failed create", "id", id, "err", derr)
+		}
+		_ = os.RemoveAll(dir)
+	}()
+
+	specJSON, err := json.Marshal(spec)
+	if err != nil {
+		return nil, err
+	}
+	if err := writeFileAtomic(filepath.Join(dir, "config.json"), specJSON, 0o600); err != nil {
+		return nil, fmt.Errorf("save config: %w", err)
+	}
+	fifoPath := filepath.Join(dir, execFifo)
+	if err := unix.Mkfifo(fifoPath, 0o622); err != nil {
+		return nil, fmt.Errorf("make exec fifo: %w", err)
+	}
+	// Mkfifo honours the umask; the init may run as another user.
+	if err := os.Chmod(fifoPath, 0o622); err != nil {
+		return nil, err
+	}
+	fifoFD, err := unix.Open(fifoPath, unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open exec fifo: %w", err)
+	}
+	fifo := os.NewFile(uintptr(fifoFD), "exec-fifo")
+	defer fifo.Close()
+
+	cfg := initConfig{
+		ID: id, Bundle: bundle, Rootfs: rootfs, Spec: spec, NoPivot: opts.NoPivot,
+		Console: spec.Process.Terminal, PreserveFDs: opts.PreserveFDs, Seccomp: seccompProg,
+	}
+	cloneFlags, parentJoins, childJoins, err := namespacePlan(ns)
+	if err != nil {
+		return nil, err
+	}
+	if p, ok := ns[specs.CgroupNamespace]; ok && p == "" {
+		cfg.NewCgroupNS = true
+	}
+
+	cmd, parentSync, err := r.spawn(exe, "init", cfg, opts.IO, opts.PreserveFDs, fifo, childJoins)
+	if err != nil {
+		return nil, err
+	}
+	defer parentSync.Close()
+	cmd.SysProcAttr.Cloneflags = cloneFlags
+	if cloneFlags&unix.CLONE_NEWUSER != 0 {
+		cmd.SysProcAttr.UidMappings = idMaps(spec.Linux.UIDMappings)
+		cmd.SysProcAttr.GidMappings = idMaps(spec.Linux.GIDMappings)
+		cmd.SysProcAttr.GidMappingsEnableSetgroups = true
+		// The child keeps its host uid (root) until it switches: become the
+		// namespace's root, i.e. the mapped host uid, before anything runs.
+		uid, gid, ok := nsRoot(spec)
+		if !ok {
+			return nil, fieldErr("linux.uidMappings", "neither container uid 0 nor process.user (%d:%d) is mapped", spec.Process.User.UID, spec.Process.User.GID)
+		}
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uid, Gid: gid, NoSetGroups: true}
+	}
+	err = startJoined(cmd, parentJoins)
+	closeChildEnds(cmd)
+	if err != nil {
+		cmd = nil
+		return nil, fmt.Errorf("start container init: %w", err)
+	}
+	pid := cmd.Process.Pid
+	if err := cg.create(); err != nil {
+		return nil, err
+	}
+	if err := cg.add(pid); err != nil {
+		return nil, err
+	}
+	rec := &record{
+		ID: id, Bundle: bundle, Rootfs: rootfs, Pid: pid, PidStart: processStart(pid),
+		Created: time.Now().UTC(), Owner: "root", CgroupPath: cg.path,
+		Annotations: spec.Annotations,
+		SharedPidNS: ns[specs.PIDNamespace] != "" || !hasNS(ns, specs.PIDNamespace),
+	}
+	if err := r.converse(ctx, parentSync, rec, spec, opts); err != nil {
+		return nil, err
+	}
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return nil, err
+	}
+	if err := writeFileAtomic(filepath.Join(dir, "state.json"), b, 0o600); err != nil {
+		return nil, fmt.Errorf("save state: %w", err)
+	}
+	if opts.PidFile != "" {
+		if err := writeFileAtomic(opts.PidFile, []byte(strconv.Itoa(pid)), 0o644); err != nil {
+			return nil, fmt.Errorf("write pid file: %w", err)
+		}
+	}
+	return &created{cmd: cmd, rec: rec, spec: spec}, nil
+}
+
+func hasNS(ns map[specs.LinuxNamespaceType]string, t specs.LinuxNamespaceType) bool {
+	_, ok := ns[t]
+	return ok
+}
+
+// converse drives the child through set-up: cgroup placement, the hooks
+// that must run in the runtime's namespaces, the console, until ready.
+func (r *Native) converse(ctx context.Context, sock *os.File, rec *record, spec *specs.Spec, opts CreateOpts) error {
+	conn := syncConn{fd: int(sock.Fd())}
+	if err := conn.send(syncMsg{Type: msgCgroupReady}, -1); err != nil {
+		return err
+	}
+	for {
+		m, fd, err := conn.recv()
+		if errors.Is(err, errPeerGone) {
+			return fmt.Errorf("container init exited during set-up")
+		}
+		if err != nil {
+			return fmt.Errorf("container init: %w", err)
+		}
+		switch m.Type {
+		case msgError:
+			return errors.New(m.Error)
+		case msgPreHooks:
+			st := r.stateOf(rec)
+			st.Status = Creating
+			if spec.Hooks != nil {
+				for _, hs := range [][]specs.Hook{spec.Hooks.Prestart, spec.Hooks.CreateRuntime} {
+					if err := runHooks(ctx, hs, st); err != nil {
+						return fmt.Errorf("createRuntime hook: %w", err)
+					}
+				}
+			}
+			if err := conn.send(syncMsg{Type: msgPreHooksDone}, -1); err != nil {
+				return err
+			}
+		case msgConsole:
+			if fd < 0 {
+				return errors.New("container init sent a console message without a pty")
+			}
+			master := os.NewFile(uintptr(fd), "pty-master")
+			if err := handOverConsole(master, opts.ConsoleSocket, opts.Console); err != nil {
+				return err
+			}
+		case msgSeccompFd:
+			st := r.stateOf(rec)
+			st.Status = Creating
+			if err := sendSeccompListener(spec.Linux.Seccomp, st, fd); err != nil {
+				return err
+			}
+			if err := conn.send(syncMsg{Type: msgSeccompFdDone}, -1); err != nil {
+				return err
+			}
+		case msgReady:
+			return nil
+		default:
+			return fmt.Errorf("container init sent unknown message %q", m.Type)
+		}
+	}
+}
+
+// handOverConsole gives the pty master to the console socket (runc's
+// protocol: one SCM_RIGHTS message) or to an in-process callback.
+func handOverConsole(master *os.File, socketPath string, fn func(*os.File)) error {
+	if fn != nil {
+		fn(master)
+		return nil
+	}
+	defer master.Close()
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("console socket: %w", err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: socketPath}); err != nil {
+		return fmt.Errorf("connect console socket %s: %w", socketPath, err)
+	}
+	if err := unix.Sendmsg(fd, []byte(master.Name()), unix.UnixRights(int(master.Fd())), nil, 0); err != nil {
+		return fmt.Errorf("send pty to console socket: %w", err)
+	}
+	return nil
+}
+
+// spawn prepares the re-executed child with its sync socket and config pipe.
+// The config is written by a goroutine so a large spec never blocks on the
+// pipe's capacity.
+func (r *Native) spawn(exe, role string, cfg initConfig, stdio IO, preserve int, fifo *os.File, childJoins []nsJoin) (*exec.Cmd, *os.File, error) {
+	parentSync, childSync, err := newSyncPair()
+	if err != nil {
+		return nil, nil, err
+	}
+	cfgR, cfgW, err := os.Pipe()
+	if err != nil {
+		parentSync.Close()
+		childSync.Close()
+		return nil, nil, err
+	}
+	cfgJSON, err := json.Marshal(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	go func() {
+		_, _ = cfgW.Write(cfgJSON)
+		cfgW.Close()
+	}()
+	cmd := &exec.Cmd{
+		Path:        exe,
+		Args:        []string{"berth-runtime", "init"},
+		Env:         []string{envInit + "=" + role},
+		SysProcAttr: &syscall.SysProcAttr{},
+	}
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdio.Stdin, stdio.Stdout, stdio.Stderr
+	if fifo == nil {
+		// Keep the fd layout fixed: fd 5 is /dev/null for exec.
+		devnull, err := os.Open(os.DevNull)
+		if err != nil {
+			return nil, nil, err
+		}
+		fifo = devnull
+	}
+	cmd.ExtraFiles = []*os.File{childSync, cfgR, fifo}
+	var setns []string
+	for _, j := range childJoins {
+		setns = append(setns, fmt.Sprintf("%s:%d", j.kind, 3+len(cmd.ExtraFiles)))
+		cmd.ExtraFiles = append(cmd.ExtraFiles, j.file)
+	}
+	if len(setns) > 0 {
+		cmd.Env = append(cmd.Env, envSetns+"="+strings.Join(setns, ","))
+	}
+	// Preserved fds follow; the child moves them to 3.. before exec.
+	if preserve > 0 {
+		cmd.Env = append(cmd.Env, fmt.Sprintf("%s=%d", envPreserveFrom, 3+len(cmd.ExtraFiles)))
+	}
+	for i := 0; i < preserve; i++ {
+		cmd.ExtraFiles = append(cmd.ExtraFiles, os.NewFile(uintptr(3+i), "preserved"))
+	}
+	return cmd, parentSync, nil
+}
+
+// closeChildEnds closes the parent's copies of the fds only the child uses,
+// once the child has its own.
+func closeChildEnds(cmd *exec.Cmd) {
+	for i, f := range cmd.ExtraFiles {
+		if i == childSyncFD-3 || i == childConfigFD-3 {
+			f.Close()
+		}
+	}
+}
+
+// nsJoin is a namespace to join by path.
+type nsJoin struct {
+	kind string // user, mnt, net, ...
+	flag int
+	file *os.File
+}
+
+// nsKind gives a namespace type's /proc/<pid>/ns name and clone flag.
+func nsKind(t specs.LinuxNamespaceType) (string, int) {
+	switch t {
+	case specs.PIDNamespace:
+		return "pid", unix.CLONE_NEWPID
+	case specs.NetworkNamespace:
+		return "net", unix.CLONE_NEWNET
+	case specs.MountNamespace:
+		return "mnt", unix.CLONE_NEWNS
+	case specs.IPCNamespace:
+		return "ipc", unix.CLONE_NEWIPC
+	case specs.UTSNamespace:
+		return "uts", unix.CLONE_NEWUTS
+	case specs.UserNamespace:
+		return "user", unix.CLONE_NEWUSER
+	case specs.CgroupNamespace:
+		return "cgroup", unix.CLONE_NEWCGROUP
+	}
+	return "", 0
+}
+
+// namespacePlan decides how each namespace comes about: new ones by clone
+// flags (the cgroup namespace excepted: the child unshares it once it is in
+// its cgroup), joined ones by setns, either on the parent's forking thread
+// (per-thread namespaces) or in the child's C constructor (user and mount,
+// which a multithreaded process cannot join).
+func namespacePlan(ns map[specs.LinuxNamespaceType]string) (clone uintptr, parent, child []nsJoin, err error) {
+	if p, ok := ns[specs.UserNamespace]; ok && p != "" {
+		for t, path := range ns {
+			if path == "" && t != specs.CgroupNamespace {
+				return 0, nil, nil, fieldErr("linux.namespaces", "joining a user namespace by path while creating a new %s namespace is not supported: join or create all of them", t)
+			}
+		}
+	}
+	for t, path := range ns {
+		kind, flag := nsKind(t)
+		if path == "" {
+			if t != specs.CgroupNamespace {
+				clone |= uintptr(flag)
+			}
+			continue
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			closeJoins(parent)
+			closeJoins(child)
+			return 0, nil, nil, fieldErr("linux.namespaces", "%s namespace %s: %v", t, path, errors.Unwrap(err))
+		}
+		var st unix.Statfs_t
+		if err := unix.Fstatfs(int(f.Fd()), &st); err != nil || st.Type != unix.NSFS_MAGIC {
+			f.Close()
+			closeJoins(parent)
+			closeJoins(child)
+			return 0, nil, nil, fieldErr("linux.namespaces", "%s is not a namespace file", path)
+		}
+		j := nsJoin{kind: kind, flag: flag, file: f}
+		if t == specs.UserNamespace || t == specs.MountNamespace {
+			child = append(child, j)
+		} else {
+			parent = append(parent, j)
+		}
+	}
+	// The constructor joins in list order: user first, so it holds the
+	// capabilities the mount namespace's owner requires.
+	sort.Slice(child, func(i, k int) bool { return child[i].kind == "user" })
+	return clone, parent, child, nil
+}
+
+func closeJoins(js []nsJoin) {
+	for _, j := range js {
+		j.file.Close()
+	}
+}
+
+// startJoined starts cmd from a thread that has joined the given namespaces,
+// so the child is born in them. The thread is never unlocked: Go retires it
+// when the goroutine ends, and no other goroutine ever runs in those
+// namespaces.
+func startJoined(cmd *exec.Cmd, joins []nsJoin) error {
+	defer closeJoins(joins)
+	if len(joins) == 0 {
+		return cmd.Start()
+	}
+	errc := make(chan error, 1)
+	go func() {
+		goruntime.LockOSThread()
+		for _, j := range joins {
+			if err := unix.Setns(int(j.file.Fd()), j.flag); err != nil {
+				errc <- fmt.Errorf("join %s namespace: %w", j.kind, err)
+				return
+			}
+		}
+		errc <- cmd.Start()
+	}()
+	return <-errc
+}
+
+func idMaps(m []specs.LinuxIDMapping) []syscall.SysProcIDMap {
+	out := make([]syscall.SysProcIDMap, len(m))
+	for i, v := range m {
+		out[i] = syscall.SysProcIDMap{ContainerID: int(v.ContainerID), HostID: int(v.HostID), Size: int(v.Size)}
+	}
+	return out
+}
+
+// Start lets a created container's init run the user's process.
+func (r *Native) Start(ctx context.Context, id string) error {
+	rec, spec, err := r.load(id)
+	if err != nil {
+		return err
+	}
+	if st := r.status(rec); st != Created {
+		return fmt.Errorf("cannot start container %s: it is %s, not created", id, st)
+	}
+	fifoPath := filepath.Join(r.dir(id), execFifo)
+	fd, err := unix.Open(fifoPath, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open exec fifo: %w", err)
+	}
+	defer unix.Close(fd)
+	// The init has the write end open (blocked in open until now) and writes
+	// one byte; poll so an init that died meanwhile is noticed.
+	for {
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(pfd, 20)
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			return fmt.Errorf("wait for container init: %w", err)
+		}
+		if n > 0 {
+			var b [1]byte
+			if k, _ := unix.Read(fd, b[:]); k == 1 {
+				break
+			}
+			if pfd[0].Revents&unix.POLLHUP != 0 {
+				return fmt.Errorf("container %s: init exited before start", id)
+			}
+		}
+		if processStart(rec.Pid) != rec.PidStart {
+			return fmt.Errorf("container %s: init exited before start", id)
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+	}
+	if err := os.Remove(fifoPath); err != nil {
+		return fmt.Errorf("remove exec fifo: %w", err)
+	}
+	if spec.Hooks != nil && len(spec.Hooks.Poststart) > 0 {
+		if err := runHooks(ctx, spec.Hooks.Poststart, r.stateOf(rec)); err != nil {
+			// The spec: a failing poststart hook is logged, the container runs on.
+			r.Log.Warn("poststart hook failed", "id", id, "err", err)
+		}
+	}
+	return nil
+}
+
+// Run creates and starts a container and waits for its process to exit,
+// returning its exit code (128+signal when killed). The container is
+// deleted afterwards unless keep is set.
+func (r *Native) Run(ctx context.Context, id, bundle string, opts CreateOpts, keep bool) (int, error) {
+	c, err := r.create(ctx, id, bundle, opts)
+	if err != nil {
+		return -1, err
+	}
+	if err := r.Start(ctx, id); err != nil {
+		_ = r.Delete(context.Background(), id, true)
+		_ = c.cmd.Wait()
+		return -1, err
+	}
+	werr := c.cmd.Wait()
+	code := exitCodeOf(c.cmd.ProcessState, werr)
+	if !keep {
+		if err := r.Delete(context.Background(), id, true); err != nil {
+			return code, err
+		}
+	}
+	return code, nil
+}
+
+func exitCodeOf(ps *os.ProcessState, err error) int {
+	if ps == nil {
+		return -1
+	}
+	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return ps.ExitCode()
+}
+
+// State reports a container's OCI state.
+func (r *Native) State(ctx context.Context, id string) (State, error) {
+	rec, _, err := r.load(id)
+	if err != nil {
+		return State{}, err
+	}
+	return r.stateOf(rec), nil
+}
+
+// Kill sends sig to the container's init, or with all to every process in
+// its cgroup.
+func (r *Native) Kill(ctx context.Context, id string, sig syscall.Signal, all bool) error {
+	rec, spec, err := r.load(id)
+	if err != nil {
+		return err
+	}
+	st := r.status(rec)
+	if st == Stopped {
+		return fmt.Errorf("cannot kill container %s: it is not running", id)
+	}
+	if all || rec.SharedPidNS {
+		return r.killAll(rec, spec, sig)
+	}
+	return signalInit(rec, unix.Signal(sig))
+}
+
+// killAll signals every process in the cgroup, frozen first so none can
+// fork away from the signal.
+func (r *Native) killAll(rec *record, spec *specs.Spec, sig syscall.Signal) error {
+	cg, err := r.openCgroup(rec, spec)
+	if err != nil {
+		return err
+	}
+	frozeHere := false
+	if st, _ := cg.frozen(); !st {
+		if err := cg.freeze(); err == nil {
+			frozeHere = true
+		}
+	}
+	pids, err := cg.pids()
+	if err != nil {
+		return err
+	}
+	for _, p := range pids {
+		_ = unix.Kill(p, sig)
+	}
+	if frozeHere || sig == unix.SIGKILL {
+		_ = cg.thaw()
+	}
+	return nil
+}
+
+// Delete removes a stopped container (or, with force, kills it first): its
+// processes, cgroup and state, then runs the poststop hooks.
+func (r *Native) Delete(ctx context.Context, id string, force bool) error {
+	rec, spec, err := r.load(id)
+	if err != nil {
+		if errors.Is(err, ErrNotExist) && force {
+			return nil
+		}
+		return err
+	}
+	st := r.status(rec)
+	switch st {
+	case Stopped:
+	case Created:
+		// A created container never ran user code: deleting it is safe.
+		if err := r.killAndWait(rec, spec); err != nil {
+			return err
+		}
+	default:
+		if !force {
+			return fmt.Errorf("cannot delete container %s: it is %s (stop it, or use --force)", id, st)
+		}
+		if err := r.killAndWait(rec, spec); err != nil {
+			return err
+		}
+	}
+	if rec.SharedPidNS {
+		_ = r.killAll(rec, spec, unix.SIGKILL)
+	}
+	cg, err := r.openCgroup(rec, spec)
+	if err == nil {
+		if err := cg.destroy(); err != nil {
+			return fmt.Errorf("delete %s: %w", id, err)
+		}
+	}
+	if err := os.RemoveAll(r.dir(id)); err != nil {
+		return fmt.Errorf("delete %s: remove state: %w", id, err)
+	}
+	if spec.Hooks != nil && len(spec.Hooks.Poststop) > 0 {
+		s := r.stateOf(rec)
+		s.Status = Stopped
+		s.Pid = 0
+		if err := runHooks(ctx, spec.Hooks.Poststop, s); err != nil {
+			r.Log.Warn("poststop hook failed", "id", id, "err", err)
+		}
+	}
+	return nil
+}
+
+// killAndWait SIGKILLs the init (which takes its whole pid namespace with
+// it) and waits until the kernel has it gone.
+func (r *Native) killAndWait(rec *record, spec *specs.Spec) error {
+	if r.status(rec) == Paused {
+		if cg, err := r.openCgroup(rec, spec); err == nil {
+			_ = cg.thaw()
+		}
+	}
+	if err := signalInit(rec, unix.SIGKILL); err != nil && r.status(rec) != Stopped {
+		return err
+	}
+	if rec.SharedPidNS {
+		_ = r.killAll(rec, spec, unix.SIGKILL)
+	}
+	for i := 0; i < 1000; i++ {
+		if processStart(rec.Pid) != rec.PidStart {
+			return nil
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return fmt.Errorf("container %s: init %d did not exit after SIGKILL", rec.ID, rec.Pid)
+}
+
+// Pause freezes every process of the container.
+func (r *Native) Pause(ctx context.Context, id string) error {
+	rec, spec, err := r.load(id)
+	if err != nil {
+		return err
+	}
+	if st := r.status(rec); st != Running && st != Created {
+		return fmt.Errorf("cannot pause container %s: it is %s", id, st)
+	}
+	cg, err := r.openCgroup(rec, spec)
+	if err != nil {
+		return err
+	}
+	return cg.freeze()
+}
+
+// Resume thaws a paused container.
+func (r *Native) Resume(ctx context.Context, id string) error {
+	rec, spec, err := r.load(id)
+	if err != nil {
+		return err
+	}
+	if st := r.status(rec); st != Paused {
+		return fmt.Errorf("cannot resume container %s: it is %s, not paused", id, st)
+	}
+	cg, err := r.openCgroup(rec, spec)
+	if err != nil {
+		return err
+	}
+	return cg.thaw()
+}
+
+// List returns the state of every container under the root.
+func (r *Native) List(ctx context.Context) ([]State, error) {
+	entries, err := os.ReadDir(r.Root)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", r.Root, err)
+	}
+	var out []State
+	for _, e := range entries {
+		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		rec, _, err := r.load(e.Name())
+		if err != nil {
+			continue // mid-create or mid-delete
+		}
+		out = append(out, r.stateOf(rec))
+	}
+	return out, nil
+}
+
+// Pids lists the host pids of the container's processes.
+func (r *Native) Pids(ctx context.Context, id string) ([]int, error) {
+	rec, spec, err := r.load(id)
+	if err != nil {
+		return nil, err
+	}
+	cg, err := r.openCgroup(rec, spec)
+	if err != nil {
+		return nil, err
+	}
+	return cg.pids()
+}
+
+func (r *Native) frozen(rec *record) (bool, error) {
+	_, spec, err := r.load(rec.ID)
+	if err != nil {
+		return false, err
+	}
+	cg, err := r.openCgroup(rec, spec)
+	if err != nil {
+		return false, err
+	}
+	return cg.frozen()
+}
+
+// nsRoot picks the ids the init takes inside a new user namespace: root if
+// the mappings cover it, else the process's own user.
+func nsRoot(spec *specs.Spec) (uid, gid uint32, ok bool) {
+	mapped := func(m []specs.LinuxIDMapping, id uint32) bool {
+		for _, v := range m {
+			if id >= v.ContainerID && id-v.ContainerID < v.Size {
+				return true
+			}
+		}
+		return false
+	}
+	if mapped(spec.Linux.UIDMappings, 0) && mapped(spec.Linux.GIDMappings, 0) {
+		return 0, 0, true
+	}
+	u := spec.Process.User
+	if mapped(spec.Linux.UIDMappings, u.UID) && mapped(spec.Linux.GIDMappings, u.GID) {
+		return u.UID, u.GID, true
+	}
+	return 0, 0, false
+}

@@ -1,0 +1,106 @@
+package runtime
+
+import (
+	"fmt"
+	"path/filepath"
+
+	"github.com/berth-dev/berth/runtime/seccomp"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+)
+
+// compileSeccomp compiles the profile once per distinct profile (cached
+// under the root, so a container start costs a file read, not a compile)
+// and returns it in the form the init loads.
+func (r *Native) compileSeccomp(s *specs.LinuxSeccomp) ([]byte, error) {
+	if s == nil {
+		return nil, nil
+	}
+	p, err := seccomp.CompileCached(s, filepath.Join(r.Root, ".seccomp"))
+	if err != nil {
+		return nil, err
+	}
+	b, err := p.MarshalBinary()
+	if err != nil {
+		return nil, fmt.Errorf("linux.seccomp: %w", err)
+	}
+	return b, nil
+}
+
+// seccompLoader installs a compiled filter on the calling thread.
+type seccompLoader struct{ p seccomp.Program }
+
+func newSeccompLoader(b []byte) (*seccompLoader, error) {
+	var l seccompLoader
+	if err := l.p.UnmarshalBinary(b); err != nil {
+		return nil, fmt.Errorf("seccomp program: %w", err)
+	}
+	return &l, nil
+}
+
+func (l *seccompLoader) load() error {
+	fd, err := l.p.Load()
+	if err != nil {
+		return fmt.Errorf("load seccomp filter: %w", err)
+	}
+	if fd >= 0 {
+		// Only loadWithListener may install a SCMP_ACT_NOTIFY filter, as the
+		// listener fd must reach the parent while it is still there.
+		unix.Close(fd)
+	}
+	return nil
+}
+
+// loadSeccompWithListener installs a filter that has SCMP_ACT_NOTIFY rules
+// while the parent still waits on conn, and sends it the listener fd. It
+// returns true when it loaded the filter, so finalize must not load it again.
+//
+// The filter then covers the rest of the set-up (credentials, capabilities,
+// the start wait), as with runc: a profile that notifies on those syscalls
+// is the profile's choice.
+func loadSeccompWithListener(prog []byte, conn syncConn) (bool, error) {
+	if len(prog) == 0 {
+		return false, nil
+	}
+	l, err := newSeccompLoader(prog)
+	if err != nil {
+		return false, err
+	}
+	if !l.p.NeedsNotifyFd() {
+		return false, nil
+	}
+	fd, err := l.p.Load()
+	if err != nil {
+		return false, fmt.Errorf("load seccomp filter: %w", err)
+	}
+	defer unix.Close(fd)
+	if err := conn.send(syncMsg{Type: msgSeccompFd}, fd); err != nil {
+		return false, err
+	}
+	m, _, err := conn.recv()
+	if err != nil {
+		return false, fmt.Errorf("wait for seccomp listener hand-over: %w", err)
+	}
+	if m.Type != msgSeccompFdDone {
+		return false, fmt.Errorf("seccomp listener hand-over: unexpected message %q", m.Type)
+	}
+	return true, nil
+}
+
+// sendSeccompListener passes a container's seccomp listener fd to the
+// spec's listenerPath, with the container's state (runtime-spec
+// ContainerProcessState).
+func sendSeccompListener(s *specs.LinuxSeccomp, st State, fd int) error {
+	defer unix.Close(fd)
+	if s == nil || s.ListenerPath == "" {
+		return fmt.Errorf("linux.seccomp.listenerPath: required by SCMP_ACT_NOTIFY")
+	}
+	return seccomp.SendNotifyFd(s.ListenerPath, s.ListenerMetadata, specs.State{
+		Version:     st.OCIVersion,
+		ID:          st.ID,
+		Status:      specs.ContainerState(st.Status),
+		Pid:         st.Pid,
+		Bundle:      st.Bundle,
+		Annotations: st.Annotations,
+	}, fd)
+}
