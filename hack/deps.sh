@@ -6,8 +6,8 @@ set -euo pipefail
 packages=(
   gcc libc6-dev libseccomp-dev pkg-config   # cgo parts of berth-runtime
   busybox-static                            # test images and the demo container
-  iproute2 nftables tcpdump iperf3          # network tests
-  runc crun                                 # runtime comparisons and conformance
+  iproute2 nftables tcpdump iperf3 iputils-ping  # network tests (ping -M do for MTU)
+  runc crun podman                          # runtime comparisons; podman drives berth-runtime
   docker-registry skopeo umoci              # image tests: a real registry, a second tool
   hyperfine file procps psmisc kmod
 )
