@@ -51,6 +51,12 @@ func initProcess(role string, conn syncConn) error {
 	if err := json.Unmarshal(b, &cfg); err != nil {
 		return fmt.Errorf("decode init config: %w", err)
 	}
+	if len(cfg.SpecJSON) > 0 {
+		cfg.Spec = new(specs.Spec)
+		if err := json.Unmarshal(cfg.SpecJSON, cfg.Spec); err != nil {
+			return fmt.Errorf("decode init config: spec: %w", err)
+		}
+	}
 	m, _, err := conn.recv()
 	if err != nil {
 		return fmt.Errorf("wait for cgroup placement: %w", err)

@@ -267,7 +267,7 @@ func TestUserNamespaceRootIsNotHostRoot(t *testing.T) {
 
 func loadTestSpec(t *testing.T, bundle string) *specs.Spec {
 	t.Helper()
-	s, _, err := loadBundle(bundle)
+	s, _, _, err := loadBundle(bundle)
 	if err != nil {
 		t.Fatal(err)
 	}
