@@ -27,6 +27,9 @@ func newRootCmd() *cobra.Command {
 	}
 	root.AddCommand(
 		newRuntimeCmd(),
+		newImageCmd(),
+		newSystemCmd(),
+		newLoginCmd(),
 	)
 	return root
 }

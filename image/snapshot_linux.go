@@ -1,0 +1,295 @@
+package image
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
+)
+
+// snapshotMeta records which layers a snapshot stacks, so garbage
+// collection keeps them while the container exists.
+type snapshotMeta struct {
+	Image  digest.Digest
+	Layers []digest.Digest // diff IDs, bottom first
+}
+
+// validID says whether a container ID can name a snapshot: it becomes a
+// directory name, so nothing that could climb or hide.
+func validID(id string) bool {
+	if id == "" || len(id) > 128 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+		if !alnum && (i == 0 || c != '_' && c != '.' && c != '-') {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Store) snapshotDir(id string) string { return filepath.Join(s.dir, "snapshots", id) }
+
+// Snapshot prepares a container root filesystem for img: an overlay mount
+// of the image's unpacked layers (read-only) under a fresh upper directory.
+// It returns the path of the mount. Its cost does not depend on the image's
+// size: the layers are already unpacked and nothing is copied.
+func (s *Store) Snapshot(ctx context.Context, img *Image, containerID string) (string, error) {
+	if !validID(containerID) {
+		return "", fmt.Errorf("snapshot %q: invalid container ID", containerID)
+	}
+	if err := cancelled(ctx); err != nil {
+		return "", err
+	}
+	unlock, err := s.gcShared()
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
+	layers := img.Config.RootFS.DiffIDs
+	// overlayfs wants the top layer first.
+	lowers := make([]string, 0, len(layers)+1)
+	for i := len(layers) - 1; i >= 0; i-- {
+		if !s.HasLayer(layers[i]) {
+			// Loaded or pulled by an older store: unpack once, now.
+			if err := s.ensureLayer(img.Layers()[i], nil, nil); err != nil {
+				return "", fmt.Errorf("snapshot %s: %w", containerID, err)
+			}
+		}
+		lowers = append(lowers, filepath.Join(s.layerDir(layers[i]), "fs"))
+	}
+	dir := s.snapshotDir(containerID)
+	// 0711: see Open; the mkdir is also what makes the ID taken.
+	if err := os.Mkdir(dir, 0o711); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return "", fmt.Errorf("snapshot %s: already exists", containerID)
+		}
+		return "", fmt.Errorf("snapshot %s: %w", containerID, err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			os.RemoveAll(dir)
+		}
+	}()
+	if len(lowers) == 0 {
+		// An image with no layers still needs one lower directory.
+		empty := filepath.Join(dir, "empty")
+		if err := os.Mkdir(empty, 0o755); err != nil {
+			return "", fmt.Errorf("snapshot %s: %w", containerID, err)
+		}
+		lowers = append(lowers, empty)
+	}
+	upper, work, rootfs := filepath.Join(dir, "upper"), filepath.Join(dir, "work"), filepath.Join(dir, "rootfs")
+	for _, d := range []string{upper, work, rootfs} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			return "", fmt.Errorf("snapshot %s: %w", containerID, err)
+		}
+	}
+	mb, err := json.Marshal(snapshotMeta{Image: img.Digest, Layers: layers})
+	if err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "meta.json"), mb, 0o600); err != nil {
+		return "", fmt.Errorf("snapshot %s: %w", containerID, err)
+	}
+	if err := mountOverlay(lowers, upper, work, rootfs); err != nil {
+		return "", fmt.Errorf("snapshot %s: %w", containerID, err)
+	}
+	ok = true
+	return rootfs, nil
+}
+
+// mountOverlay uses the new mount API, whose lowerdir+ takes one layer per
+// call, so an image's layer count is not bounded by mount(2)'s one-page
+// option string; older kernels fall back to mount(2).
+func mountOverlay(lowers []string, upper, work, target string) error {
+	fsfd, err := unix.Fsopen("overlay", unix.FSOPEN_CLOEXEC)
+	if err != nil {
+		return mountOverlayLegacy(lowers, upper, work, target)
+	}
+	defer unix.Close(fsfd)
+	set := func(k, v string) error {
+		if err := unix.FsconfigSetString(fsfd, k, v); err != nil {
+			return fmt.Errorf("overlay option %s=%s: %w", k, v, err)
+		}
+		return nil
+	}
+	for _, l := range lowers {
+		if err := set("lowerdir+", l); err != nil {
+			if errors.Is(err, unix.EINVAL) {
+				return mountOverlayLegacy(lowers, upper, work, target)
+			}
+			return err
+		}
+	}
+	if err := set("upperdir", upper); err != nil {
+		return err
+	}
+	if err := set("workdir", work); err != nil {
+		return err
+	}
+	// index=off and no xino: snapshots never move between filesystems and
+	// the options would make mounting slower and the upper dir less portable.
+	for _, kv := range [][2]string{{"index", "off"}} {
+		if err := set(kv[0], kv[1]); err != nil {
+			return err
+		}
+	}
+	if err := unix.FsconfigCreate(fsfd); err != nil {
+		return fmt.Errorf("create overlay: %w", err)
+	}
+	mfd, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("fsmount overlay: %w", err)
+	}
+	defer unix.Close(mfd)
+	if err := unix.MoveMount(mfd, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return fmt.Errorf("move overlay mount to %s: %w", target, err)
+	}
+	return nil
+}
+
+func mountOverlayLegacy(lowers []string, upper, work, target string) error {
+	opts := "lowerdir=" + joinColon(lowers) + ",upperdir=" + upper + ",workdir=" + work + ",index=off"
+	if len(opts) >= unix.Getpagesize() {
+		return fmt.Errorf("overlay options of %d bytes exceed a page: too many layers for this kernel", len(opts))
+	}
+	if err := unix.Mount("overlay", target, "overlay", 0, opts); err != nil {
+		return fmt.Errorf("mount overlay on %s: %w", target, err)
+	}
+	return nil
+}
+
+func joinColon(ss []string) string {
+	out := ""
+	for i, s := range ss {
+		if i > 0 {
+			out += ":"
+		}
+		out += s
+	}
+	return out
+}
+
+// MountSnapshot makes sure the snapshot of containerID is mounted and
+// returns its rootfs: after a reboot, or when the agent restarts and finds
+// its containers' snapshots, the upper directory (the container's writes)
+// is mounted again over the same layers.
+func (s *Store) MountSnapshot(containerID string) (string, error) {
+	if !validID(containerID) {
+		return "", fmt.Errorf("mount snapshot %q: invalid container ID", containerID)
+	}
+	unlock, err := s.gcShared()
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
+	dir := s.snapshotDir(containerID)
+	m, err := s.snapshotMeta(containerID)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return "", fmt.Errorf("mount snapshot %s: %w", containerID, ErrNotFound)
+		}
+		return "", fmt.Errorf("mount snapshot %s: %w", containerID, err)
+	}
+	rootfs := filepath.Join(dir, "rootfs")
+	mounted, err := isMountPoint(rootfs)
+	if err != nil {
+		return "", fmt.Errorf("mount snapshot %s: %w", containerID, err)
+	}
+	if mounted {
+		return rootfs, nil
+	}
+	var lowers []string
+	for i := len(m.Layers) - 1; i >= 0; i-- {
+		if !s.HasLayer(m.Layers[i]) {
+			return "", fmt.Errorf("mount snapshot %s: layer %s: %w", containerID, m.Layers[i], ErrNotFound)
+		}
+		lowers = append(lowers, filepath.Join(s.layerDir(m.Layers[i]), "fs"))
+	}
+	if len(lowers) == 0 {
+		lowers = append(lowers, filepath.Join(dir, "empty"))
+	}
+	// A work directory left by an unclean shutdown must be empty again.
+	work := filepath.Join(dir, "work")
+	if err := os.RemoveAll(work); err != nil {
+		return "", fmt.Errorf("mount snapshot %s: %w", containerID, err)
+	}
+	if err := os.Mkdir(work, 0o755); err != nil {
+		return "", fmt.Errorf("mount snapshot %s: %w", containerID, err)
+	}
+	if err := mountOverlay(lowers, filepath.Join(dir, "upper"), work, rootfs); err != nil {
+		return "", fmt.Errorf("mount snapshot %s: %w", containerID, err)
+	}
+	return rootfs, nil
+}
+
+// isMountPoint: a mount on p gives it another device than its parent
+// directory (overlay always has its own).
+func isMountPoint(p string) (bool, error) {
+	var st, parent unix.Stat_t
+	if err := unix.Lstat(p, &st); err != nil {
+		return false, err
+	}
+	if err := unix.Lstat(filepath.Dir(p), &parent); err != nil {
+		return false, err
+	}
+	return st.Dev != parent.Dev, nil
+}
+
+// RemoveSnapshot unmounts a container's root filesystem and deletes its
+// upper directory. Removing a snapshot that does not exist is not an error.
+func (s *Store) RemoveSnapshot(containerID string) error {
+	if !validID(containerID) {
+		return fmt.Errorf("remove snapshot %q: invalid container ID", containerID)
+	}
+	dir := s.snapshotDir(containerID)
+	rootfs := filepath.Join(dir, "rootfs")
+	for {
+		err := unix.Unmount(rootfs, unix.MNT_DETACH)
+		if err == nil {
+			continue // stacked mounts: peel them all
+		}
+		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
+			break
+		}
+		return fmt.Errorf("remove snapshot %s: unmount: %w", containerID, err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("remove snapshot %s: %w", containerID, err)
+	}
+	return nil
+}
+
+// Snapshots lists the container IDs that have a snapshot.
+func (s *Store) Snapshots() ([]string, error) {
+	ents, err := os.ReadDir(filepath.Join(s.dir, "snapshots"))
+	if err != nil {
+		return nil, fmt.Errorf("list snapshots: %w", err)
+	}
+	var ids []string
+	for _, e := range ents {
+		if e.IsDir() {
+			ids = append(ids, e.Name())
+		}
+	}
+	return ids, nil
+}
+
+func (s *Store) snapshotMeta(id string) (snapshotMeta, error) {
+	var m snapshotMeta
+	b, err := os.ReadFile(filepath.Join(s.snapshotDir(id), "meta.json"))
+	if err != nil {
+		return m, err
+	}
+	return m, json.Unmarshal(b, &m)
+}
