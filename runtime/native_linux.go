@@ -71,18 +71,18 @@ func NewNative(root string, log *slog.Logger) (*Native, error) {
 // initConfig is everything the container init needs, sent over a pipe so an
 // init in a user namespace never needs to read the runtime's state dir.
 type initConfig struct {
-	ID          string      `json:"id"`
-	Bundle      string      `json:"bundle"`
-	Rootfs      string      `json:"rootfs"`
+	ID     string `json:"id"`
+	Bundle string `json:"bundle"`
+	Rootfs string `json:"rootfs"`
 	// SpecJSON is config.json as the bundle holds it: passing the bytes on
 	// saves encoding the large spec type again (its reflection alone is a
 	// measurable share of a container start). Spec is decoded from it.
-	SpecJSON json.RawMessage `json:"spec,omitempty"`
-	Spec     *specs.Spec     `json:"-"`
-	NoPivot     bool        `json:"noPivot,omitempty"`
-	Console     bool        `json:"console,omitempty"` // send the pty master to the parent
-	PreserveFDs int         `json:"preserveFDs,omitempty"`
-	Seccomp     []byte      `json:"seccomp,omitempty"`
+	SpecJSON    json.RawMessage `json:"spec,omitempty"`
+	Spec        *specs.Spec     `json:"-"`
+	NoPivot     bool            `json:"noPivot,omitempty"`
+	Console     bool            `json:"console,omitempty"` // send the pty master to the parent
+	PreserveFDs int             `json:"preserveFDs,omitempty"`
+	Seccomp     []byte          `json:"seccomp,omitempty"`
 	// NewCgroupNS asks the child to unshare its cgroup namespace once the
 	// parent has placed it in its cgroup, so the namespace is rooted there.
 	NewCgroupNS bool `json:"newCgroupNS,omitempty"`
