@@ -38,7 +38,13 @@ func newSyncPair() (parent, child *os.File, err error) {
 	return os.NewFile(uintptr(fds[0]), "sync-parent"), os.NewFile(uintptr(fds[1]), "sync-child"), nil
 }
 
+// maxSyncMsg bounds one message; send shortens an error to fit.
+const maxSyncMsg = 8 << 10
+
 func (c syncConn) send(m syncMsg, fd int) error {
+	if len(m.Error) > maxSyncMsg/2 {
+		m.Error = m.Error[:maxSyncMsg/2] + "…"
+	}
 	b, err := json.Marshal(m)
 	if err != nil {
 		return err
@@ -56,7 +62,7 @@ func (c syncConn) send(m syncMsg, fd int) error {
 // recv returns the next message and the fd it carried (-1 if none). A closed
 // peer is io.EOF-like: errPeerGone.
 func (c syncConn) recv() (syncMsg, int, error) {
-	buf := make([]byte, 64<<10)
+	buf := make([]byte, maxSyncMsg)
 	oob := make([]byte, unix.CmsgSpace(4))
 	for {
 		n, oobn, _, _, err := unix.Recvmsg(c.fd, buf, oob, unix.MSG_CMSG_CLOEXEC)
