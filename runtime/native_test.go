@@ -396,6 +396,12 @@ func TestBadInputLeavesNothing(t *testing.T) {
 			s.Linux.Resources.Memory = &specs.LinuxMemory{Limit: &l, Swap: &sw}
 		}, "linux.resources.memory"},
 		{"missing binary", func(s *specs.Spec) { s.Process.Args = []string{"/nope"} }, "process.args[0]"},
+		{"cpuset beyond the machine", func(s *specs.Spec) {
+			s.Linux.Resources.CPU = &specs.LinuxCPU{Cpus: "0-4095"}
+		}, "linux.resources.cpu.cpus"},
+		{"mappings without a user namespace", func(s *specs.Spec) {
+			s.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: 100000, Size: 1000}}
+		}, "linux.uidMappings"},
 		{"mount on a file", func(s *specs.Spec) {
 			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/bin/busybox/x", Type: "tmpfs", Source: "tmpfs"})
 		}, "mounts[7]"},
@@ -406,12 +412,7 @@ func TestBadInputLeavesNothing(t *testing.T) {
 			id := "bad-" + strings.ReplaceAll(tc.name, " ", "-")
 			err := r.Create(context.Background(), id, bundle, CreateOpts{})
 			if err == nil {
-				// Errors found only at exec time surface at start.
-				err = r.Start(context.Background(), id)
-				if err == nil {
-					t.Fatalf("bad spec accepted")
-				}
-				t.Skipf("error surfaced after create: %v", err)
+				t.Fatalf("create accepted the bad spec")
 			}
 			if !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("error %q does not name %s", err, tc.want)
