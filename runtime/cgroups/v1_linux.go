@@ -321,8 +321,18 @@ func (m *v1Manager) Freeze() error {
 		return err
 	}
 	// Writing FROZEN again makes the kernel retry tasks it could not
-	// freeze yet (e.g. in an uninterruptible sleep).
-	ok, err := waitFor(5*time.Second, func() (bool, error) {
+	// freeze yet. A task caught between vfork and exec, or waiting on one
+	// already frozen, can hold the cgroup in FREEZING for good; a short
+	// thaw now and then lets it get past that point (runc does the same).
+	tries := 0
+	ok, err := waitFor(10*time.Second, func() (bool, error) {
+		tries++
+		if tries%50 == 0 {
+			if err := writeFile(d+"/freezer.state", string(Thawed)); err != nil {
+				return false, err
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
 		if err := writeFile(d+"/freezer.state", string(Frozen)); err != nil {
 			return false, err
 		}
@@ -334,7 +344,7 @@ func (m *v1Manager) Freeze() error {
 	}
 	if !ok {
 		_ = writeFile(d+"/freezer.state", string(Thawed))
-		return fmt.Errorf("freeze %s: processes did not freeze within 5s", m.path)
+		return fmt.Errorf("freeze %s: processes did not freeze within 10s", m.path)
 	}
 	return nil
 }
