@@ -22,6 +22,7 @@ import (
 
 	"github.com/berth-dev/berth/internal/busybox"
 	"github.com/berth-dev/berth/runtime"
+	"github.com/berth-dev/berth/runtime/seccomp"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 )
@@ -86,7 +87,7 @@ func berthRuntime(b *testing.B) string {
 // benchBundle is the bundle every runtime runs: /bin/true in busybox, with
 // pid, net, ipc, uts, mount and cgroup namespaces, memory, CPU and pids
 // limits, and Docker's default capabilities.
-func benchBundle(b *testing.B) string {
+func benchBundle(b *testing.B, seccompProfile bool) string {
 	dir := b.TempDir()
 	if err := busybox.Rootfs(filepath.Join(dir, "rootfs")); err != nil {
 		b.Skip(err)
@@ -101,6 +102,9 @@ func benchBundle(b *testing.B) string {
 	s.Linux.Resources.CPU = &specs.LinuxCPU{Shares: &shares, Quota: &quota, Period: &period}
 	s.Linux.Resources.Pids = &specs.LinuxPids{Limit: &pids}
 	s.Linux.CgroupsPath = "/berth-bench/c"
+	if seccompProfile {
+		s.Linux.Seccomp = seccomp.DefaultProfile()
+	}
 	if err := runtime.WriteSpec(dir, s); err != nil {
 		b.Fatal(err)
 	}
@@ -245,8 +249,8 @@ func contenders(b *testing.B) []contender {
 	return cs
 }
 
-func compare(b *testing.B, phase string, fn func(contender, string, string) (sample, error)) {
-	bundle := benchBundle(b)
+func compare(b *testing.B, phase string, seccompProfile bool, fn func(contender, string, string) (sample, error)) {
+	bundle := benchBundle(b, seccompProfile)
 	cs := contenders(b)
 	samples := map[string][]sample{}
 	// Warm up each (page cache, the executable copy, seccomp caches).
@@ -306,11 +310,17 @@ func compare(b *testing.B, phase string, fn func(contender, string, string) (sam
 }
 
 func BenchmarkLifecycle(b *testing.B) {
-	compare(b, "create+start+wait+delete", contender.lifecycle)
+	compare(b, "create+start+wait+delete", false, contender.lifecycle)
+}
+
+// BenchmarkLifecycleSeccomp adds Docker's default seccomp profile: crun and
+// runc compile it at every start, Berth once per distinct profile.
+func BenchmarkLifecycleSeccomp(b *testing.B) {
+	compare(b, "create+start+wait+delete with the default seccomp profile", true, contender.lifecycle)
 }
 
 func BenchmarkRun(b *testing.B) {
-	compare(b, "run (foreground)", contender.run)
+	compare(b, "run (foreground)", false, contender.run)
 }
 
 // BenchmarkUnshareFloor is the kernel's floor for the same namespaces: a
