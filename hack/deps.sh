@@ -9,7 +9,7 @@ packages=(
   iproute2 nftables tcpdump iperf3 iputils-ping  # network tests (ping -M do for MTU)
   runc crun podman                          # runtime comparisons; podman drives berth-runtime
   docker-registry skopeo umoci              # image tests: a real registry, a second tool
-  hyperfine file procps psmisc kmod
+  hyperfine time file procps psmisc kmod
 )
 
 missing=()
