@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -40,7 +41,11 @@ func (r *Native) Exec(ctx context.Context, id string, p specs.Process, opts Exec
 	if err != nil {
 		return -1, err
 	}
-	cfg := initConfig{ID: id, Bundle: rec.Bundle, Spec: nil, Exec: &p, Seccomp: prog, PreserveFDs: opts.PreserveFDs, Console: p.Terminal}
+	execJSON, err := json.Marshal(&p)
+	if err != nil {
+		return -1, fmt.Errorf("exec process: %w", err)
+	}
+	cfg := initConfig{ID: id, Bundle: rec.Bundle, ExecJSON: execJSON, Seccomp: prog, PreserveFDs: opts.PreserveFDs, Console: p.Terminal}
 	cmd, parentSync, err := r.spawn(exe, "exec", cfg, opts.IO, opts.PreserveFDs, nil, childJoins)
 	if err != nil {
 		closeJoins(parentJoins)

@@ -51,6 +51,12 @@ func initProcess(role string, conn syncConn) error {
 	if err := json.Unmarshal(b, &cfg); err != nil {
 		return fmt.Errorf("decode init config: %w", err)
 	}
+	if len(cfg.ExecJSON) > 0 {
+		cfg.Exec = new(specs.Process)
+		if err := json.Unmarshal(cfg.ExecJSON, cfg.Exec); err != nil {
+			return fmt.Errorf("decode init config: exec: %w", err)
+		}
+	}
 	if len(cfg.SpecJSON) > 0 {
 		cfg.Spec = new(specs.Spec)
 		if err := json.Unmarshal(cfg.SpecJSON, cfg.Spec); err != nil {

@@ -86,8 +86,10 @@ type initConfig struct {
 	// NewCgroupNS asks the child to unshare its cgroup namespace once the
 	// parent has placed it in its cgroup, so the namespace is rooted there.
 	NewCgroupNS bool `json:"newCgroupNS,omitempty"`
-	// Exec is set for a process joining an existing container.
-	Exec *specs.Process `json:"exec,omitempty"`
+	// ExecJSON is set for a process joining an existing container, as
+	// JSON for the same reason as SpecJSON; Exec is decoded from it.
+	ExecJSON json.RawMessage `json:"exec,omitempty"`
+	Exec     *specs.Process  `json:"-"`
 }
 
 // loadBundle reads and validates bundle/config.json, and returns it both
