@@ -1,0 +1,118 @@
+package policy
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/google/nftables"
+	"github.com/vishvananda/netns"
+
+	"github.com/berth-dev/berth/network/netnstest"
+)
+
+// kernelCounts applies rs in ns and reads back, from the kernel, how many
+// rules the table holds and how many elements its tenant maps hold.
+func kernelCounts(t *testing.T, ns netnstest.NS, rs Ruleset) (rules, elems int) {
+	t.Helper()
+	h, err := netns.GetFromPath(ns.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if err := Apply(int(h), rs); err != nil {
+		t.Fatal(err)
+	}
+	c, err := nftables.New(nftables.WithNetNSFd(int(h)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	table := &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName}
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ch := range chains {
+		if ch.Table.Name != TableName {
+			continue
+		}
+		rs, err := c.GetRules(table, ch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rules += len(rs)
+	}
+	for _, name := range []string{"tenant4", "tenant6"} {
+		set, err := c.GetSetByName(table, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		es, err := c.GetSetElements(set)
+		if err != nil {
+			t.Fatal(err)
+		}
+		elems += len(es)
+	}
+	return rules, elems
+}
+
+// The kernel's rule count stays put as containers come; only set elements
+// grow.
+func TestAppliedRuleCountDoesNotGrowWithEndpoints(t *testing.T) {
+	netnstest.RequireRoot(t, "nft")
+	ns := netnstest.New(t, "bp"+netnstest.Unique())
+	rules := []Rule{
+		{Name: "in", Target: Selector{Tenant: "t0", Labels: map[string]string{"app": "db"}}, Peers: []Peer{{Selector: &Selector{Tenant: "t1"}}},
+			Ports: []Port{{Proto: "tcp", Port: 5432}}},
+		{Name: "out", Direction: Egress, Target: Selector{Tenant: "t1"}, Peers: []Peer{{CIDR: netip.MustParsePrefix("192.0.2.0/24")}}},
+	}
+	ports := []PortMap{{Proto: "tcp", HostPort: 8080, ContainerAddr: netip.MustParseAddr("10.88.0.0"), ContainerPort: 80}}
+	compile := func(n int) Ruleset {
+		var eps []Endpoint
+		for i := range n {
+			eps = append(eps, Endpoint{ID: fmt.Sprint("c", i), Tenant: fmt.Sprint("t", i%2),
+				Labels: map[string]string{"app": []string{"db", "web"}[i/2%2]},
+				Addrs: []netip.Addr{netip.AddrFrom4([4]byte{10, 88, byte(i >> 8), byte(i)}),
+					netip.AddrFrom16([16]byte{0xfd, 0, 0, 0x88, 14: byte(i >> 8), 15: byte(i)})}})
+		}
+		rs, err := Compile(eps, rules, ports)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rs
+	}
+	r10, e10 := kernelCounts(t, ns, compile(10))
+	r1000, e1000 := kernelCounts(t, ns, compile(1000))
+	if r10 != r1000 {
+		t.Fatalf("rules: %d with 10 containers, %d with 1000", r10, r1000)
+	}
+	if e10 != 20 || e1000 != 2000 {
+		t.Fatalf("tenant map elements: %d and %d, want 20 and 2000", e10, e1000)
+	}
+	// Replacing is whole: one table, no leftovers from the first apply.
+	out := ns.Run(t, "nft", "list", "tables")
+	if strings.Count(out, "table inet "+TableName) != 1 {
+		t.Fatalf("tables after two applies:\n%s", out)
+	}
+	// The host's own tools read what Berth installed: an operator's
+	// "nft list ruleset" must work on a Berth host.
+	out = ns.Run(t, "nft", "list", "ruleset")
+	for _, want := range []string{"ip saddr vmap @tenant4", "ip6 saddr vmap @tenant6", "ip daddr @members4_1 accept",
+		`iifname "bv*"`, "ct status dnat accept", "fib saddr . iif oif 0 drop", "dnat ip to 10.88.0.0:80", `comment "in"`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("nft list ruleset lacks %q", want)
+		}
+	}
+	h, err := netns.GetFromPath(ns.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if err := Remove(int(h)); err != nil {
+		t.Fatal(err)
+	}
+	if out := ns.Run(t, "nft", "list", "tables"); strings.Contains(out, TableName) {
+		t.Fatalf("table left after Remove:\n%s", out)
+	}
+}
