@@ -113,7 +113,11 @@ func (r *Native) Exec(ctx context.Context, id string, p specs.Process, opts Exec
 		}
 	}
 	if opts.Detach {
-		go func() { _ = cmd.Wait() }()
+		if opts.LeaveUnreaped {
+			_ = cmd.Process.Release()
+		} else {
+			go func() { _ = cmd.Wait() }()
+		}
 		return 0, nil
 	}
 	werr := cmd.Wait()

@@ -73,7 +73,16 @@ type ExecOpts struct {
 	IO            IO
 	Console       func(master *os.File)
 	// Detach returns once the process runs; otherwise Exec waits for it.
+	// A detached process is reaped in the background, unless
+	// LeaveUnreaped.
 	Detach bool
+	// LeaveUnreaped, with Detach, leaves the process for whoever reaps it
+	// once the caller exits: runc's behaviour, which conmon and
+	// containerd-shim rely on as subreapers to learn the exit code of a
+	// process that ends quickly. Only for a caller that exits right
+	// after: until it does, the zombie keeps the container's pid
+	// namespace from ending.
+	LeaveUnreaped bool
 }
 
 // Runtime is what the agent needs from a container runtime. Native

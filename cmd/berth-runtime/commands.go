@@ -319,7 +319,7 @@ func newExecCmd(g *globals, code *int) *cobra.Command {
 					p.Capabilities.Permitted = append(p.Capabilities.Permitted, c)
 				}
 			}
-			o := runtime.ExecOpts{ConsoleSocket: consoleSocket, PidFile: absOrEmpty(pidFile), PreserveFDs: preserveFDs, IO: stdio(), Detach: detach}
+			o := runtime.ExecOpts{ConsoleSocket: consoleSocket, PidFile: absOrEmpty(pidFile), PreserveFDs: preserveFDs, IO: stdio(), Detach: detach, LeaveUnreaped: detach}
 			var restore func()
 			if p.Terminal && consoleSocket == "" {
 				o.Console = func(master *os.File) { restore = proxyTerminal(master) }

@@ -179,6 +179,20 @@ func TestLifecycleThroughTheCommandLine(t *testing.T) {
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 7 {
 		t.Errorf("exec exit code: %v, want 7", err)
 	}
+	// exec -d leaves the process to the caller's subreaper, as runc does:
+	// conmon and containerd-shim learn its exit code by reaping it.
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+	execPid := filepath.Join(c.root, "exec.pid")
+	c.must("exec", "-d", "--pid-file", execPid, "ctr", "sh", "-c", "exit 4")
+	pb, _ := os.ReadFile(execPid)
+	epid, _ := strconv.Atoi(strings.TrimSpace(string(pb)))
+	var ws unix.WaitStatus
+	if _, err := unix.Wait4(epid, &ws, 0, nil); err != nil || ws.ExitStatus() != 4 {
+		t.Errorf("reaping the detached exec %d: %v, status %d, want 4", epid, err, ws.ExitStatus())
+	}
 	if out := c.must("ps", "ctr"); !strings.Contains(out, "sleep 300") {
 		t.Errorf("ps does not show the container's process:\n%s", out)
 	}
