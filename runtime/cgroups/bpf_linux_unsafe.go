@@ -10,7 +10,6 @@ import (
 	"runtime"
 	"unsafe"
 
-	"github.com/cilium/ebpf/asm"
 	"golang.org/x/sys/unix"
 )
 
@@ -73,21 +72,19 @@ func bpfCall(cmd int, attr unsafe.Pointer, size uintptr) (int, error) {
 
 // loadDeviceProgram loads a BPF_PROG_TYPE_CGROUP_DEVICE program and returns
 // its fd. A rejected program's error carries the verifier's log.
-func loadDeviceProgram(insns asm.Instructions) (int, error) {
-	var buf bytes.Buffer
-	// asm wants binary.LittleEndian or BigEndian itself, not NativeEndian.
-	var order binary.ByteOrder = binary.LittleEndian
+func loadDeviceProgram(insns program) (int, error) {
+	var order binary.AppendByteOrder = binary.LittleEndian
 	if binary.NativeEndian.Uint16([]byte{0, 1}) == 1 {
 		order = binary.BigEndian
 	}
-	if err := insns.Marshal(&buf, order); err != nil {
+	code, err := insns.assemble(order)
+	if err != nil {
 		return -1, fmt.Errorf("assemble device filter: %w", err)
 	}
-	code := buf.Bytes()
 	license := []byte("Apache-2.0\x00")
 	attr := progLoadAttr{
 		progType: unix.BPF_PROG_TYPE_CGROUP_DEVICE,
-		insnCnt:  uint32(len(code) / asm.InstructionSize),
+		insnCnt:  uint32(len(code) / insnLength),
 		insns:    uint64(uintptr(unsafe.Pointer(&code[0]))),
 		license:  uint64(uintptr(unsafe.Pointer(&license[0]))),
 	}

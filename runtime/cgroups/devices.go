@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"strconv"
 
-	"github.com/cilium/ebpf/asm"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
@@ -136,7 +135,7 @@ func deviceAllowed(rules []deviceRule, typ byte, major, minor int64, access uint
 // deviceAllowed for the spec's rules. Rules are tested last to first; a
 // rule covering everything ends the search, so the usual leading
 // "deny all" costs nothing.
-func deviceProgram(specRules []specs.LinuxDeviceCgroup) (asm.Instructions, error) {
+func deviceProgram(specRules []specs.LinuxDeviceCgroup) (program, error) {
 	rules := make([]deviceRule, 0, len(specRules))
 	for i, d := range specRules {
 		r, err := parseDeviceRule(d)
@@ -147,18 +146,18 @@ func deviceProgram(specRules []specs.LinuxDeviceCgroup) (asm.Instructions, error
 	}
 	// struct bpf_cgroup_dev_ctx { u32 access_type; u32 major; u32 minor; },
 	// access_type = access << 16 | type.
-	insns := asm.Instructions{
-		asm.LoadMem(asm.R2, asm.R1, 0, asm.Word),
-		asm.And.Imm(asm.R2, 0xffff),
-		asm.LoadMem(asm.R3, asm.R1, 0, asm.Word),
-		asm.RSh.Imm(asm.R3, 16),
-		asm.LoadMem(asm.R4, asm.R1, 4, asm.Word),
-		asm.LoadMem(asm.R5, asm.R1, 8, asm.Word),
+	insns := program{
+		ldxw(2, 1, 0),
+		andImm(2, 0xffff),
+		ldxw(3, 1, 0),
+		rshImm(3, 16),
+		ldxw(4, 1, 4),
+		ldxw(5, 1, 8),
 	}
 	label := ""
-	emit := func(in asm.Instruction) {
+	emit := func(in insn) {
 		if label != "" {
-			in = in.WithSymbol(label)
+			in.label = label
 			label = ""
 		}
 		insns = append(insns, in)
@@ -173,32 +172,32 @@ func deviceProgram(specRules []specs.LinuxDeviceCgroup) (asm.Instructions, error
 		next := fmt.Sprintf("rule%d_next", i)
 		switch r.typ {
 		case 'b':
-			emit(asm.JNE.Imm(asm.R2, devTypeBlock, next))
+			emit(jneImm(2, devTypeBlock, next))
 		case 'c':
-			emit(asm.JNE.Imm(asm.R2, devTypeChar, next))
+			emit(jneImm(2, devTypeChar, next))
 		}
 		if r.access != devAccAll {
-			emit(asm.Mov.Reg(asm.R1, asm.R3))
+			emit(movReg(1, 3))
 			if r.allow {
-				emit(asm.And.Imm(asm.R1, int32(devAccAll&^r.access)))
-				emit(asm.JNE.Imm(asm.R1, 0, next))
+				emit(andImm(1, int32(devAccAll&^r.access)))
+				emit(jneImm(1, 0, next))
 			} else {
-				emit(asm.And.Imm(asm.R1, int32(r.access)))
-				emit(asm.JEq.Imm(asm.R1, 0, next))
+				emit(andImm(1, int32(r.access)))
+				emit(jeqImm(1, 0, next))
 			}
 		}
 		if r.major != -1 {
-			emit(asm.JNE.Imm(asm.R4, int32(r.major), next))
+			emit(jneImm(4, int32(r.major), next))
 		}
 		if r.minor != -1 {
-			emit(asm.JNE.Imm(asm.R5, int32(r.minor), next))
+			emit(jneImm(5, int32(r.minor), next))
 		}
-		emit(asm.Mov.Imm(asm.R0, int32(boolInt(r.allow))))
-		emit(asm.Return())
+		emit(movImm(0, int32(boolInt(r.allow))))
+		emit(exit())
 		label = next
 	}
-	emit(asm.Mov.Imm(asm.R0, verdict))
-	emit(asm.Return())
+	emit(movImm(0, verdict))
+	emit(exit())
 	return insns, nil
 }
 

@@ -1,7 +1,8 @@
 package cgroups
 
 import (
-	"fmt"
+	"bytes"
+	"encoding/binary"
 	"strings"
 	"testing"
 
@@ -82,39 +83,52 @@ func TestDeviceProgramGolden(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := strings.TrimSpace(fmt.Sprintf("%v", insns))
+	got := strings.TrimSpace(insns.String())
 	want := strings.TrimSpace(`
-	LdXMemW dst: r2 src: r1 off: 0 imm: 0
-	AndImm dst: r2 imm: 65535
-	LdXMemW dst: r3 src: r1 off: 0 imm: 0
-	RShImm dst: r3 imm: 16
-	LdXMemW dst: r4 src: r1 off: 4 imm: 0
-	LdXMemW dst: r5 src: r1 off: 8 imm: 0
-	JNEImm dst: r2 off: -1 imm: 1 <rule3_next>
-	MovReg dst: r1 src: r3
-	AndImm dst: r1 imm: 4
-	JEqImm dst: r1 off: -1 imm: 0 <rule3_next>
-	MovImm dst: r0 imm: 0
-	Exit
+	ldxw r2, [r1+0]
+	and r2, 65535
+	ldxw r3, [r1+0]
+	rsh r3, 16
+	ldxw r4, [r1+4]
+	ldxw r5, [r1+8]
+	jne r2, 1, rule3_next
+	mov r1, r3
+	and r1, 4
+	jeq r1, 0, rule3_next
+	mov r0, 0
+	exit
 rule3_next:
-	JNEImm dst: r2 off: -1 imm: 2 <rule2_next>
-	MovReg dst: r1 src: r3
-	AndImm dst: r1 imm: 1
-	JNEImm dst: r1 off: -1 imm: 0 <rule2_next>
-	JNEImm dst: r4 off: -1 imm: 136 <rule2_next>
-	MovImm dst: r0 imm: 1
-	Exit
+	jne r2, 2, rule2_next
+	mov r1, r3
+	and r1, 1
+	jne r1, 0, rule2_next
+	jne r4, 136, rule2_next
+	mov r0, 1
+	exit
 rule2_next:
-	JNEImm dst: r2 off: -1 imm: 2 <rule1_next>
-	JNEImm dst: r4 off: -1 imm: 1 <rule1_next>
-	JNEImm dst: r5 off: -1 imm: 3 <rule1_next>
-	MovImm dst: r0 imm: 1
-	Exit
+	jne r2, 2, rule1_next
+	jne r4, 1, rule1_next
+	jne r5, 3, rule1_next
+	mov r0, 1
+	exit
 rule1_next:
-	MovImm dst: r0 imm: 0
-	Exit`)
+	mov r0, 0
+	exit`)
 	if norm(got) != norm(want) {
 		t.Errorf("program:\n%s\nwant:\n%s", got, want)
+	}
+	// The encoding the kernel reads: offsets count the instructions
+	// skipped; registers dst in the low nibble on little-endian.
+	code, err := insns.assemble(binary.LittleEndian)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jne := code[6*insnLength : 7*insnLength] // jne r2, 1, rule3_next
+	if want := []byte{0x55, 0x02, 5, 0, 1, 0, 0, 0}; !bytes.Equal(jne, want) {
+		t.Errorf("jne encodes as % x, want % x", jne, want)
+	}
+	if _, err := (program{jneImm(1, 0, "nowhere")}).assemble(binary.LittleEndian); err == nil {
+		t.Error("a jump to a missing label assembled")
 	}
 }
 
@@ -137,7 +151,7 @@ func TestDeviceProgramAllowAllLastIsTrivial(t *testing.T) {
 	}
 	// Six context loads, then "allow" and exit: nothing before the
 	// allow-all can matter.
-	if len(insns) != 8 || insns[6].Constant != 1 {
+	if len(insns) != 8 || insns[6].imm != 1 {
 		t.Errorf("program:\n%v", insns)
 	}
 }
@@ -147,8 +161,8 @@ func TestDeviceProgramWithoutDenyAllAllowsTheRest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if last := insns[len(insns)-2]; last.Constant != 1 {
-		t.Errorf("default verdict %d, want 1 (allow):\n%v", last.Constant, insns)
+	if last := insns[len(insns)-2]; last.imm != 1 {
+		t.Errorf("default verdict %d, want 1 (allow):\n%v", last.imm, insns)
 	}
 }
 
