@@ -10,6 +10,7 @@ import (
 
 // cgroupHandle is the runtime's view of one container's cgroup.
 type cgroupHandle struct {
+	hier *cgroups.Hierarchy
 	path string
 	m    cgroups.Manager
 }
@@ -25,15 +26,25 @@ func cgroupPathFor(id string, spec *specs.Spec) string {
 // the container's cgroup.
 func (r *Native) newCgroup(id string, spec *specs.Spec) (*cgroupHandle, error) {
 	p := cgroupPathFor(id, spec)
-	m, err := cgroups.New(p, withDeviceRules(spec), cgroups.Options{})
+	h, err := cgroups.Detect()
 	if err != nil {
 		return nil, err
 	}
-	return &cgroupHandle{path: p, m: m}, nil
+	m, err := cgroups.New(p, withDeviceRules(spec), cgroups.Options{Hierarchy: &h})
+	if err != nil {
+		return nil, err
+	}
+	return &cgroupHandle{path: p, m: m, hier: &h}, nil
 }
 
+// openCgroup is the cgroup of an existing container. spec may be nil for
+// verbs that only read or remove it.
 func (r *Native) openCgroup(rec *record, spec *specs.Spec) (*cgroupHandle, error) {
-	m, err := cgroups.New(rec.CgroupPath, withDeviceRules(spec), cgroups.Options{})
+	var res *specs.LinuxResources
+	if spec != nil {
+		res = withDeviceRules(spec)
+	}
+	m, err := cgroups.New(rec.CgroupPath, res, cgroups.Options{Hierarchy: rec.Cgroups})
 	if err != nil {
 		return nil, fmt.Errorf("cgroup of %s: %w", rec.ID, err)
 	}

@@ -288,7 +288,8 @@ func (r *Native) create(ctx context.Context, id, bundle string, opts CreateOpts)
 	}
 	rec := &record{
 		ID: id, Bundle: bundle, Rootfs: rootfs, Pid: pid, PidStart: processStart(pid),
-		Created: time.Now().UTC(), Owner: "root", CgroupPath: cg.path,
+		Created: time.Now().UTC(), Owner: "root", CgroupPath: cg.path, Cgroups: cg.hier,
+		Hooks:       laterHooks(spec),
 		Annotations: spec.Annotations,
 		SharedPidNS: ns[specs.PIDNamespace] != "" || !hasNS(ns, specs.PIDNamespace),
 	}
@@ -573,7 +574,7 @@ func idMaps(m []specs.LinuxIDMapping) []syscall.SysProcIDMap {
 
 // Start lets a created container's init run the user's process.
 func (r *Native) Start(ctx context.Context, id string) error {
-	rec, spec, err := r.load(id)
+	rec, err := r.loadRecord(id)
 	if err != nil {
 		return err
 	}
@@ -613,8 +614,8 @@ func (r *Native) Start(ctx context.Context, id string) error {
 	if err := os.Remove(fifoPath); err != nil {
 		return fmt.Errorf("remove exec fifo: %w", err)
 	}
-	if spec.Hooks != nil && len(spec.Hooks.Poststart) > 0 {
-		if err := runHooks(ctx, spec.Hooks.Poststart, r.stateOf(rec)); err != nil {
+	if rec.Hooks != nil && len(rec.Hooks.Poststart) > 0 {
+		if err := runHooks(ctx, rec.Hooks.Poststart, r.stateOf(rec)); err != nil {
 			// The spec: a failing poststart hook is logged, the container runs on.
 			r.Log.Warn("poststart hook failed", "id", id, "err", err)
 		}
@@ -657,7 +658,7 @@ func exitCodeOf(ps *os.ProcessState, err error) int {
 
 // State reports a container's OCI state.
 func (r *Native) State(ctx context.Context, id string) (State, error) {
-	rec, _, err := r.load(id)
+	rec, err := r.loadRecord(id)
 	if err != nil {
 		return State{}, err
 	}
@@ -667,7 +668,7 @@ func (r *Native) State(ctx context.Context, id string) (State, error) {
 // Kill sends sig to the container's init, or with all to every process in
 // its cgroup.
 func (r *Native) Kill(ctx context.Context, id string, sig syscall.Signal, all bool) error {
-	rec, spec, err := r.load(id)
+	rec, err := r.loadRecord(id)
 	if err != nil {
 		return err
 	}
@@ -676,15 +677,15 @@ func (r *Native) Kill(ctx context.Context, id string, sig syscall.Signal, all bo
 		return fmt.Errorf("cannot kill container %s: it is not running", id)
 	}
 	if all || rec.SharedPidNS {
-		return r.killAll(rec, spec, sig)
+		return r.killAll(rec, sig)
 	}
 	return signalInit(rec, unix.Signal(sig))
 }
 
 // killAll signals every process in the cgroup, frozen first so none can
 // fork away from the signal.
-func (r *Native) killAll(rec *record, spec *specs.Spec, sig syscall.Signal) error {
-	cg, err := r.openCgroup(rec, spec)
+func (r *Native) killAll(rec *record, sig syscall.Signal) error {
+	cg, err := r.openCgroup(rec, nil)
 	if err != nil {
 		return err
 	}
@@ -710,7 +711,7 @@ func (r *Native) killAll(rec *record, spec *specs.Spec, sig syscall.Signal) erro
 // Delete removes a stopped container (or, with force, kills it first): its
 // processes, cgroup and state, then runs the poststop hooks.
 func (r *Native) Delete(ctx context.Context, id string, force bool) error {
-	rec, spec, err := r.load(id)
+	rec, err := r.loadRecord(id)
 	if err != nil {
 		if errors.Is(err, ErrNotExist) && force {
 			return nil
@@ -722,21 +723,21 @@ func (r *Native) Delete(ctx context.Context, id string, force bool) error {
 	case Stopped:
 	case Created:
 		// A created container never ran user code: deleting it is safe.
-		if err := r.killAndWait(rec, spec); err != nil {
+		if err := r.killAndWait(rec); err != nil {
 			return err
 		}
 	default:
 		if !force {
 			return fmt.Errorf("cannot delete container %s: it is %s (stop it, or use --force)", id, st)
 		}
-		if err := r.killAndWait(rec, spec); err != nil {
+		if err := r.killAndWait(rec); err != nil {
 			return err
 		}
 	}
 	if rec.SharedPidNS {
-		_ = r.killAll(rec, spec, unix.SIGKILL)
+		_ = r.killAll(rec, unix.SIGKILL)
 	}
-	cg, err := r.openCgroup(rec, spec)
+	cg, err := r.openCgroup(rec, nil)
 	if err == nil {
 		if err := cg.destroy(); err != nil {
 			return fmt.Errorf("delete %s: %w", id, err)
@@ -745,11 +746,11 @@ func (r *Native) Delete(ctx context.Context, id string, force bool) error {
 	if err := os.RemoveAll(r.dir(id)); err != nil {
 		return fmt.Errorf("delete %s: remove state: %w", id, err)
 	}
-	if spec.Hooks != nil && len(spec.Hooks.Poststop) > 0 {
+	if rec.Hooks != nil && len(rec.Hooks.Poststop) > 0 {
 		s := r.stateOf(rec)
 		s.Status = Stopped
 		s.Pid = 0
-		if err := runHooks(ctx, spec.Hooks.Poststop, s); err != nil {
+		if err := runHooks(ctx, rec.Hooks.Poststop, s); err != nil {
 			r.Log.Warn("poststop hook failed", "id", id, "err", err)
 		}
 	}
@@ -758,9 +759,9 @@ func (r *Native) Delete(ctx context.Context, id string, force bool) error {
 
 // killAndWait SIGKILLs the init (which takes its whole pid namespace with
 // it) and waits until the kernel has it gone.
-func (r *Native) killAndWait(rec *record, spec *specs.Spec) error {
+func (r *Native) killAndWait(rec *record) error {
 	if r.status(rec) == Paused {
-		if cg, err := r.openCgroup(rec, spec); err == nil {
+		if cg, err := r.openCgroup(rec, nil); err == nil {
 			_ = cg.thaw()
 		}
 	}
@@ -768,7 +769,7 @@ func (r *Native) killAndWait(rec *record, spec *specs.Spec) error {
 		return err
 	}
 	if rec.SharedPidNS {
-		_ = r.killAll(rec, spec, unix.SIGKILL)
+		_ = r.killAll(rec, unix.SIGKILL)
 	}
 	for i := 0; i < 1000; i++ {
 		if processStart(rec.Pid) != rec.PidStart {
@@ -781,14 +782,14 @@ func (r *Native) killAndWait(rec *record, spec *specs.Spec) error {
 
 // Pause freezes every process of the container.
 func (r *Native) Pause(ctx context.Context, id string) error {
-	rec, spec, err := r.load(id)
+	rec, err := r.loadRecord(id)
 	if err != nil {
 		return err
 	}
 	if st := r.status(rec); st != Running && st != Created {
 		return fmt.Errorf("cannot pause container %s: it is %s", id, st)
 	}
-	cg, err := r.openCgroup(rec, spec)
+	cg, err := r.openCgroup(rec, nil)
 	if err != nil {
 		return err
 	}
@@ -797,14 +798,14 @@ func (r *Native) Pause(ctx context.Context, id string) error {
 
 // Resume thaws a paused container.
 func (r *Native) Resume(ctx context.Context, id string) error {
-	rec, spec, err := r.load(id)
+	rec, err := r.loadRecord(id)
 	if err != nil {
 		return err
 	}
 	if st := r.status(rec); st != Paused {
 		return fmt.Errorf("cannot resume container %s: it is %s, not paused", id, st)
 	}
-	cg, err := r.openCgroup(rec, spec)
+	cg, err := r.openCgroup(rec, nil)
 	if err != nil {
 		return err
 	}
@@ -825,7 +826,7 @@ func (r *Native) List(ctx context.Context) ([]State, error) {
 		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
 			continue
 		}
-		rec, _, err := r.load(e.Name())
+		rec, err := r.loadRecord(e.Name())
 		if err != nil {
 			continue // mid-create or mid-delete
 		}
@@ -836,11 +837,11 @@ func (r *Native) List(ctx context.Context) ([]State, error) {
 
 // Pids lists the host pids of the container's processes.
 func (r *Native) Pids(ctx context.Context, id string) ([]int, error) {
-	rec, spec, err := r.load(id)
+	rec, err := r.loadRecord(id)
 	if err != nil {
 		return nil, err
 	}
-	cg, err := r.openCgroup(rec, spec)
+	cg, err := r.openCgroup(rec, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -848,15 +849,20 @@ func (r *Native) Pids(ctx context.Context, id string) ([]int, error) {
 }
 
 func (r *Native) frozen(rec *record) (bool, error) {
-	_, spec, err := r.load(rec.ID)
-	if err != nil {
-		return false, err
-	}
-	cg, err := r.openCgroup(rec, spec)
+	cg, err := r.openCgroup(rec, nil)
 	if err != nil {
 		return false, err
 	}
 	return cg.frozen()
+}
+
+// laterHooks are the hooks that run after create (poststart, poststop),
+// kept in the record so start and delete need not decode the whole spec.
+func laterHooks(spec *specs.Spec) *specs.Hooks {
+	if spec.Hooks == nil || len(spec.Hooks.Poststart)+len(spec.Hooks.Poststop) == 0 {
+		return nil
+	}
+	return &specs.Hooks{Poststart: spec.Hooks.Poststart, Poststop: spec.Hooks.Poststop}
 }
 
 // nsRoot picks the ids the init takes inside a new user namespace: root if

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/berth-dev/berth/runtime/cgroups"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -22,19 +23,24 @@ var ErrNotExist = errors.New("container does not exist")
 // <root>/<id>/state.json. The spec is stored beside it as config.json, as it
 // was at create, so later calls never re-read a bundle that may have changed.
 type record struct {
-	ID          string            `json:"id"`
-	Bundle      string            `json:"bundle"`
-	Rootfs      string            `json:"rootfs"`
-	Pid         int               `json:"pid"`
-	PidStart    uint64            `json:"pidStart"` // /proc/<pid>/stat starttime, against pid reuse
-	Created     time.Time         `json:"created"`
-	Owner       string            `json:"owner"`
-	CgroupPath  string            `json:"cgroupPath"`
-	Annotations map[string]string `json:"annotations,omitempty"`
+	ID         string    `json:"id"`
+	Bundle     string    `json:"bundle"`
+	Rootfs     string    `json:"rootfs"`
+	Pid        int       `json:"pid"`
+	PidStart   uint64    `json:"pidStart"` // /proc/<pid>/stat starttime, against pid reuse
+	Created    time.Time `json:"created"`
+	Owner      string    `json:"owner"`
+	CgroupPath string    `json:"cgroupPath"`
+	// Cgroups is where the host's cgroup filesystems were mounted at
+	// create, so later verbs need not parse mountinfo again.
+	Cgroups     *cgroups.Hierarchy `json:"cgroups,omitempty"`
+	Annotations map[string]string  `json:"annotations,omitempty"`
 	// SharedPidNS is true when the container has no pid namespace of its
 	// own: killing its init does not kill the rest, so delete and kill --all
 	// must walk the cgroup.
 	SharedPidNS bool `json:"sharedPidNS,omitempty"`
+	// Hooks are the poststart and poststop hooks, which run after create.
+	Hooks *specs.Hooks `json:"hooks,omitempty"`
 }
 
 func validID(id string) error {
@@ -62,20 +68,32 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 
 func (r *Native) dir(id string) string { return filepath.Join(r.Root, id) }
 
-func (r *Native) load(id string) (*record, *specs.Spec, error) {
+// loadRecord reads a container's state record.
+func (r *Native) loadRecord(id string) (*record, error) {
 	if err := validID(id); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	b, err := os.ReadFile(filepath.Join(r.dir(id), "state.json"))
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil, fmt.Errorf("container %s: %w", id, ErrNotExist)
+		return nil, fmt.Errorf("container %s: %w", id, ErrNotExist)
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("read state of %s: %w", id, err)
+		return nil, fmt.Errorf("read state of %s: %w", id, err)
 	}
 	var rec record
 	if err := json.Unmarshal(b, &rec); err != nil {
-		return nil, nil, fmt.Errorf("state of %s is corrupt: %w", id, err)
+		return nil, fmt.Errorf("state of %s is corrupt: %w", id, err)
+	}
+	return &rec, nil
+}
+
+// load reads a container's state record and its saved spec. Decoding the
+// spec is a measurable share of a short verb, so only the verbs that need
+// it (exec) call load.
+func (r *Native) load(id string) (*record, *specs.Spec, error) {
+	rec, err := r.loadRecord(id)
+	if err != nil {
+		return nil, nil, err
 	}
 	sb, err := os.ReadFile(filepath.Join(r.dir(id), "config.json"))
 	if err != nil {
@@ -85,7 +103,7 @@ func (r *Native) load(id string) (*record, *specs.Spec, error) {
 	if err := json.Unmarshal(sb, &spec); err != nil {
 		return nil, nil, fmt.Errorf("saved config of %s is corrupt: %w", id, err)
 	}
-	return &rec, &spec, nil
+	return rec, &spec, nil
 }
 
 // processStart returns the start time of pid in clock ticks since boot, the
