@@ -29,11 +29,11 @@ func (r *Native) Exec(ctx context.Context, id string, p specs.Process, opts Exec
 	if p.Terminal && opts.ConsoleSocket == "" && opts.Console == nil {
 		return -1, errors.New("a terminal was requested but no console socket was given")
 	}
-	prog, err := r.compileSeccomp(spec.Linux.Seccomp)
+	exe, err := r.initPath()
 	if err != nil {
 		return -1, err
 	}
-	exe, err := r.initPath()
+	prog, err := r.compileSeccomp(spec.Linux.Seccomp, nil, exe)
 	if err != nil {
 		return -1, err
 	}

@@ -194,11 +194,15 @@ func (r *Native) create(ctx context.Context, id, bundle string, opts CreateOpts)
 	if err != nil {
 		return nil, err
 	}
-	seccompProg, err := r.compileSeccomp(spec.Linux.Seccomp)
+	exe, err := r.initPath()
 	if err != nil {
 		return nil, err
 	}
-	exe, err := r.initPath()
+	var rawProfile []byte
+	if spec.Linux.Seccomp != nil {
+		rawProfile = rawSeccomp(specJSON)
+	}
+	seccompProg, err := r.compileSeccomp(spec.Linux.Seccomp, rawProfile, exe)
 	if err != nil {
 		return nil, err
 	}

@@ -1,7 +1,11 @@
 package runtime
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
+	"os"
 	"path/filepath"
 
 	"github.com/berth-dev/berth/runtime/seccomp"
@@ -9,14 +13,37 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// compileSeccomp compiles the profile once per distinct profile (cached
-// under the root, so a container start costs a file read, not a compile)
-// and returns it in the form the init loads.
-func (r *Native) compileSeccomp(s *specs.LinuxSeccomp) ([]byte, error) {
+// compileSeccomp returns the container's filter in the form the init loads.
+// raw is linux.seccomp exactly as config.json holds it (nil if unknown).
+//
+// A start with a profile seen before must cost a file read, nothing more:
+// the program is cached under the root keyed by the profile's bytes and
+// this executable's identity (which fixes the libseccomp linked into it),
+// so a hit neither decodes, validates nor hashes the parsed profile. A miss
+// compiles through seccomp.CompileCached, which validates and keeps its
+// own cache keyed by the parsed profile.
+func (r *Native) compileSeccomp(s *specs.LinuxSeccomp, raw []byte, exe string) ([]byte, error) {
 	if s == nil {
 		return nil, nil
 	}
-	p, err := seccomp.CompileCached(s, filepath.Join(r.Root, ".seccomp"))
+	dir := filepath.Join(r.Root, ".seccomp")
+	var fast string
+	if len(raw) > 0 && exe != "" {
+		h := sha256.New()
+		h.Write([]byte(filepath.Base(exe)))
+		h.Write([]byte{0})
+		h.Write(raw)
+		fast = filepath.Join(dir, "raw-"+hex.EncodeToString(h.Sum(nil))+".bpf")
+		// The init verifies the program's checksum before loading it, so a
+		// damaged entry fails there, and is replaced here next time.
+		if b, err := os.ReadFile(fast); err == nil && len(b) > 0 {
+			var p seccomp.Program
+			if p.UnmarshalBinary(b) == nil {
+				return b, nil
+			}
+		}
+	}
+	p, err := seccomp.CompileCached(s, dir)
 	if err != nil {
 		return nil, err
 	}
@@ -24,7 +51,26 @@ func (r *Native) compileSeccomp(s *specs.LinuxSeccomp) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("linux.seccomp: %w", err)
 	}
+	if fast != "" {
+		if err := writeFileAtomic(fast, b, 0o600); err != nil {
+			r.Log.Warn("cannot cache seccomp program", "path", fast, "err", err)
+		}
+	}
 	return b, nil
+}
+
+// rawSeccomp picks linux.seccomp's bytes out of a config.json without
+// decoding the rest.
+func rawSeccomp(specJSON []byte) []byte {
+	var top struct {
+		Linux struct {
+			Seccomp json.RawMessage `json:"seccomp"`
+		} `json:"linux"`
+	}
+	if json.Unmarshal(specJSON, &top) != nil {
+		return nil
+	}
+	return top.Linux.Seccomp
 }
 
 // seccompLoader installs a compiled filter on the calling thread.

@@ -23,9 +23,26 @@ func TestSeccompFiltersSyscalls(t *testing.T) {
 	bundle := testBundle(t, []string{"sh", "-c", "echo start; unshare -n true 2>/dev/null || echo unshare=refused"}, func(s *specs.Spec) {
 		s.Linux.Seccomp = seccomp.DefaultProfile()
 	})
-	code, out := runOutput(t, r, "seccomp-default", bundle)
-	if code != 0 || out != "start\nunshare=refused\n" {
-		t.Errorf("default profile: exit %d, output %q", code, out)
+	// Twice: the second start takes the program from the cache.
+	for _, id := range []string{"seccomp-default", "seccomp-cached"} {
+		code, out := runOutput(t, r, id, bundle)
+		if code != 0 || out != "start\nunshare=refused\n" {
+			t.Errorf("default profile (%s): exit %d, output %q", id, code, out)
+		}
+	}
+	cached, _ := filepath.Glob(filepath.Join(r.Root, ".seccomp", "raw-*.bpf"))
+	if len(cached) != 1 {
+		t.Fatalf("cached programs keyed by the profile's bytes: %v, want one", cached)
+	}
+	// A damaged entry is never loaded: it is compiled again and replaced.
+	if err := os.WriteFile(cached[0], []byte("garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, out := runOutput(t, r, "seccomp-damaged", bundle); code != 0 || out != "start\nunshare=refused\n" {
+		t.Errorf("after damaging the cache: exit %d, output %q", code, out)
+	}
+	if b, _ := os.ReadFile(cached[0]); string(b) == "garbage" {
+		t.Error("the damaged cache entry was not replaced")
 	}
 
 	script := `touch /tmp/f; chmod 755 /tmp/f && echo chmod755=ok;
@@ -46,7 +63,7 @@ mkdir /tmp/d 2>&1; echo mkdir=$?`
 			},
 		}
 	})
-	code, out = runOutput(t, r, "seccomp-rules", bundle)
+	code, out := runOutput(t, r, "seccomp-rules", bundle)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, out)
 	}
