@@ -11,3 +11,4 @@ go build -tags netgo,osusergo \
   -ldflags "-X main.version=$version -linkmode external -extldflags -static" \
   -o bin/berth-runtime ./cmd/berth-runtime
 go build -o bin/berth ./cmd/berth
+gcc -static -Os -s -o bin/berth-init cmd/berth-init/berth-init.c

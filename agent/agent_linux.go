@@ -1,0 +1,252 @@
+package agent
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/berth-dev/berth/image"
+	"github.com/berth-dev/berth/runtime"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// Networker attaches containers to a network; the network package
+// provides one. With network "none" the agent needs none.
+type Networker interface {
+	// Attach connects the network namespace at netnsPath and returns the
+	// container's addresses.
+	Attach(netnsPath, id, tenant string, labels map[string]string) ([]netip.Prefix, error)
+	Detach(id string) error
+}
+
+// Config is what an Agent is made of.
+type Config struct {
+	// Root holds the agent's state: containers/, volumes/.
+	Root    string
+	Images  *image.Store
+	Runtime runtime.Runtime
+	// InitPath is the static berth-init executable.
+	InitPath  string
+	Networker Networker
+	// IDs is where containers' user namespace ranges come from; zero means
+	// DefaultIDPool.
+	IDs IDPool
+	// CgroupParent is the cgroup under which containers' cgroups are made;
+	// empty means /berth/<hash of Root>, unique per agent.
+	CgroupParent string
+	Log          *slog.Logger
+}
+
+// Status is where a container is in its life.
+type Status string
+
+const (
+	StatusCreated    Status = "created"
+	StatusRunning    Status = "running"
+	StatusRestarting Status = "restarting"
+	StatusExited     Status = "exited"
+)
+
+// State is a container's observed state; Inspect returns it.
+type State struct {
+	Status       Status         `json:"status"`
+	Pid          int            `json:"pid,omitempty"`
+	StartedAt    time.Time      `json:"startedAt,omitzero"`
+	FinishedAt   time.Time      `json:"finishedAt,omitzero"`
+	ExitCode     int            `json:"exitCode"`
+	OOMKilled    bool           `json:"oomKilled,omitempty"`
+	RestartCount int            `json:"restartCount"`
+	Error        string         `json:"error,omitempty"`
+	Addresses    []netip.Prefix `json:"addresses,omitempty"`
+	Health       *HealthState   `json:"health,omitempty"`
+	// StoppedByUser: ended through Stop or Kill, so no restart policy
+	// applies (and unless-stopped stays stopped across agent restarts).
+	StoppedByUser bool `json:"stoppedByUser,omitempty"`
+	// consecutive quick restarts, for the back-off
+	Backoff int `json:"backoff,omitempty"`
+}
+
+// Container is what List and Inspect report.
+type Container struct {
+	ID          string        `json:"id"`
+	Spec        ContainerSpec `json:"spec"`
+	ImageDigest string        `json:"imageDigest"`
+	Created     time.Time     `json:"created"`
+	IDs         IDRange       `json:"ids"`
+	// User is the workload's resolved user, for exec.
+	User  specs.User `json:"user"`
+	State State      `json:"state"`
+}
+
+// container is the agent's live record of one container.
+type container struct {
+	mu sync.Mutex
+	// meta is persisted to meta.json on every change; guarded by mu.
+	meta Container
+	// exited is closed when the current run ends; nil when not running.
+	exited chan struct{}
+	// watch is the pidfd of the running init; closing it stops the watch.
+	watch        *os.File
+	killed       bool
+	restartTimer *time.Timer
+	stopHealth   context.CancelFunc
+	removed      bool
+}
+
+// Agent runs containers on one node.
+type Agent struct {
+	cfg     Config
+	log     *slog.Logger
+	cgroups string
+
+	mu sync.Mutex
+	// containers by ID; guarded by mu.
+	containers map[string]*container
+	closed     bool
+	wg         sync.WaitGroup
+}
+
+// New opens the agent's root and reconciles it with the kernel: running
+// containers are adopted, exits that happened while no agent ran are
+// recorded (and restart policies applied), and what is left of containers
+// that are gone is removed.
+func New(ctx context.Context, cfg Config) (*Agent, error) {
+	if cfg.Root == "" || cfg.Images == nil || cfg.Runtime == nil {
+		return nil, errors.New("agent: Root, Images and Runtime are required")
+	}
+	root, err := filepath.Abs(cfg.Root)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Root = root
+	if cfg.IDs == (IDPool{}) {
+		cfg.IDs = DefaultIDPool()
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if cfg.InitPath != "" {
+		if cfg.InitPath, err = filepath.Abs(cfg.InitPath); err != nil {
+			return nil, err
+		}
+		if _, err := os.Stat(cfg.InitPath); err != nil {
+			return nil, fmt.Errorf("agent: berth-init: %w", err)
+		}
+	}
+	a := &Agent{cfg: cfg, log: cfg.Log, containers: map[string]*container{}, cgroups: cfg.CgroupParent}
+	if a.cgroups == "" {
+		h := sha256.Sum256([]byte(root))
+		a.cgroups = "/berth/" + hex.EncodeToString(h[:6])
+	}
+	for _, d := range []string{"containers", "volumes"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o711); err != nil {
+			return nil, fmt.Errorf("agent root: %w", err)
+		}
+	}
+	// Container roots are reached by unprivileged host uids.
+	if err := os.Chmod(root, 0o711); err != nil {
+		return nil, err
+	}
+	if err := a.reconcile(ctx); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// Close stops the agent's background work (exit watches, restarts,
+// health checks). Containers keep running; a new Agent on the same root
+// adopts them.
+func (a *Agent) Close() error {
+	a.mu.Lock()
+	a.closed = true
+	cs := make([]*container, 0, len(a.containers))
+	for _, c := range a.containers {
+		cs = append(cs, c)
+	}
+	a.mu.Unlock()
+	for _, c := range cs {
+		c.mu.Lock()
+		if c.watch != nil {
+			c.watch.Close()
+		}
+		if c.restartTimer != nil {
+			c.restartTimer.Stop()
+		}
+		if c.stopHealth != nil {
+			c.stopHealth()
+		}
+		c.mu.Unlock()
+	}
+	a.wg.Wait()
+	return nil
+}
+
+func (a *Agent) dir(id string) string      { return filepath.Join(a.cfg.Root, "containers", id) }
+func (a *Agent) bundle(id string) string   { return filepath.Join(a.dir(id), "bundle") }
+func (a *Agent) rootfs(id string) string   { return filepath.Join(a.dir(id), "bundle", "rootfs") }
+func (a *Agent) logDir(id string) string   { return filepath.Join(a.dir(id), "log") }
+func (a *Agent) cgroupOf(id string) string { return a.cgroups + "/" + id }
+
+// Error is the agent's error type for sentinel values.
+type Error string
+
+func (e Error) Error() string { return string(e) }
+
+// ErrNotFound is returned for containers the agent does not have.
+const ErrNotFound = Error("no such container")
+
+func (a *Agent) get(ref string) (*container, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if c, ok := a.containers[ref]; ok {
+		return c, nil
+	}
+	var found *container
+	for id, c := range a.containers {
+		if c.meta.Spec.Name == ref || len(ref) >= 4 && strings.HasPrefix(id, ref) {
+			if found != nil {
+				return nil, fmt.Errorf("container %q: ambiguous", ref)
+			}
+			found = c
+		}
+	}
+	if found == nil {
+		return nil, fmt.Errorf("container %q: %w", ref, ErrNotFound)
+	}
+	return found, nil
+}
+
+func newID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// save writes c's metadata; c.mu is held.
+func (a *Agent) save(c *container) error {
+	b, err := json.MarshalIndent(c.meta, "", "  ")
+	if err != nil {
+		return err
+	}
+	p := filepath.Join(a.dir(c.meta.ID), "meta.json")
+	tmp := p + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("save container %s: %w", c.meta.ID, err)
+	}
+	if err := os.Rename(tmp, p); err != nil {
+		return fmt.Errorf("save container %s: %w", c.meta.ID, err)
+	}
+	return nil
+}

@@ -1,0 +1,534 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/berth-dev/berth/image"
+	"github.com/berth-dev/berth/runtime"
+	"github.com/berth-dev/berth/runtime/cgroups"
+	"golang.org/x/sys/unix"
+)
+
+// Run creates a container from spec and starts it, returning its ID.
+func (a *Agent) Run(ctx context.Context, spec ContainerSpec) (string, error) {
+	id, err := a.Create(ctx, spec)
+	if err != nil {
+		return "", err
+	}
+	if err := a.Start(ctx, id); err != nil {
+		return id, err
+	}
+	return id, nil
+}
+
+// Create makes a container (snapshot, bundle, log directory) without
+// starting it. On error nothing of it is left.
+func (a *Agent) Create(ctx context.Context, spec ContainerSpec) (_ string, err error) {
+	if err := spec.Validate(); err != nil {
+		return "", err
+	}
+	if spec.Network != "" && spec.Network != "none" && a.cfg.Networker == nil {
+		return "", fmt.Errorf("network %q: this agent has no network attached; use none", spec.Network)
+	}
+	if a.cfg.InitPath == "" && !spec.NoInit {
+		return "", errors.New("agent has no berth-init (Config.InitPath); run with NoInit or configure it")
+	}
+	img, err := a.cfg.Images.Ensure(ctx, spec.Image, image.PullOptions{})
+	if err != nil {
+		return "", fmt.Errorf("image %s: %w", spec.Image, err)
+	}
+	id := newID()
+	c := &container{meta: Container{ID: id, Spec: spec, ImageDigest: img.Digest.String(), Created: time.Now().UTC(),
+		State: State{Status: StatusCreated}}}
+
+	// Under the agent lock: the name and the id range must be unique.
+	a.mu.Lock()
+	var used []IDRange
+	for _, o := range a.containers {
+		if spec.Name != "" && o.meta.Spec.Name == spec.Name {
+			a.mu.Unlock()
+			return "", fmt.Errorf("name %q: already in use by container %s", spec.Name, o.meta.ID)
+		}
+		used = append(used, o.meta.IDs)
+	}
+	ids, err := a.cfg.IDs.Allocate(used)
+	if err != nil {
+		a.mu.Unlock()
+		return "", err
+	}
+	c.meta.IDs = ids
+	// The directory is the container's existence on disk: made first and
+	// removed last, so a crash in between leaves something reconcile finds.
+	if err := os.Mkdir(a.dir(id), 0o711); err != nil {
+		a.mu.Unlock()
+		return "", fmt.Errorf("create container: %w", err)
+	}
+	c.removed = true // not visible until complete
+	a.containers[id] = c
+	a.mu.Unlock()
+	defer func() {
+		if err != nil {
+			a.destroy(id)
+			a.mu.Lock()
+			delete(a.containers, id)
+			a.mu.Unlock()
+		}
+	}()
+
+	if _, err := a.cfg.Images.Snapshot(ctx, img, id); err != nil {
+		return "", err
+	}
+	if err := a.mountRootfs(id, ids); err != nil {
+		return "", err
+	}
+	rootfs := a.rootfs(id)
+	icfg := img.Config.Config
+	if spec.Entrypoint != nil {
+		icfg.Entrypoint = spec.Entrypoint
+		if spec.Cmd == nil {
+			icfg.Cmd = nil
+		}
+	}
+	if spec.User != "" {
+		icfg.User = spec.User
+	}
+	if spec.Workdir != "" {
+		icfg.WorkingDir = spec.Workdir
+	}
+	proc, err := image.ContainerProcess(rootfs, icfg, spec.Cmd)
+	if err != nil {
+		return "", err
+	}
+	c.meta.User = proc.User
+	logDir := a.logDir(id)
+	if err := os.Mkdir(logDir, 0o700); err != nil {
+		return "", err
+	}
+	// berth-init writes here as the container's root.
+	if err := os.Chown(logDir, int(ids.Base), int(ids.Base)); err != nil {
+		return "", err
+	}
+	mounts, err := a.prepareMounts(id, spec.Mounts, ids)
+	if err != nil {
+		return "", err
+	}
+	ociSpec, err := Generate(BundleInput{
+		ID: id, Spec: spec, Process: proc, Rootfs: rootfs, IDs: ids, InitPath: a.cfg.InitPath,
+		LogDir: logDir, CgroupsPath: a.cgroupOf(id), Mounts: mounts, AgentRoot: a.cfg.Root,
+	})
+	if err != nil {
+		return "", err
+	}
+	if err := runtime.WriteSpec(a.bundle(id), ociSpec); err != nil {
+		return "", fmt.Errorf("write bundle: %w", err)
+	}
+	c.mu.Lock()
+	err = a.save(c)
+	c.removed = false
+	c.mu.Unlock()
+	if err != nil {
+		return "", err
+	}
+	return id, nil
+}
+
+// Start starts a created or exited container.
+func (a *Agent) Start(ctx context.Context, ref string) error {
+	c, err := a.get(ref)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.exited != nil {
+		return fmt.Errorf("container %s: already running", c.meta.ID)
+	}
+	if c.restartTimer != nil {
+		c.restartTimer.Stop()
+		c.restartTimer = nil
+	}
+	c.meta.State.StoppedByUser = false
+	return a.startLocked(ctx, c)
+}
+
+// startLocked runs the container's bundle once; c.mu is held.
+func (a *Agent) startLocked(ctx context.Context, c *container) (err error) {
+	id := c.meta.ID
+	defer func() {
+		if err != nil {
+			c.meta.State.Status = StatusExited
+			c.meta.State.Error = err.Error()
+			c.meta.State.ExitCode = 125
+			_ = a.save(c)
+		}
+	}()
+	if err := a.mountRootfs(id, c.meta.IDs); err != nil {
+		return err
+	}
+	if _, err := a.prepareMounts(id, c.meta.Spec.Mounts, c.meta.IDs); err != nil {
+		return err
+	}
+	_ = os.Remove(filepath.Join(a.logDir(id), "exit"))
+	// A previous run's runtime state (after an agent crash) goes first.
+	_ = a.cfg.Runtime.Delete(ctx, id, true)
+	// Without an init the workload writes here itself; with one, this
+	// catches what the runtime's init stage and berth-init have to say
+	// before the workload runs (the workload gets berth-init's pipes).
+	name := "init.log"
+	if c.meta.Spec.NoInit {
+		name = "raw.log"
+	}
+	f, err := os.OpenFile(filepath.Join(a.logDir(id), name), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	opts := runtime.CreateOpts{IO: runtime.IO{Stdout: f, Stderr: f}}
+	if err := a.cfg.Runtime.Create(ctx, id, a.bundle(id), opts); err != nil {
+		return fmt.Errorf("create container %s: %w", id, err)
+	}
+	st, err := a.cfg.Runtime.State(ctx, id)
+	if err != nil {
+		_ = a.cfg.Runtime.Delete(ctx, id, true)
+		return err
+	}
+	netnsPath := fmt.Sprintf("/proc/%d/ns/net", st.Pid)
+	if err := loopbackUp(netnsPath); err != nil {
+		_ = a.cfg.Runtime.Delete(ctx, id, true)
+		return fmt.Errorf("container %s: %w", id, err)
+	}
+	if n := c.meta.Spec.Network; n != "" && n != "none" {
+		addrs, err := a.cfg.Networker.Attach(netnsPath, id, c.meta.Spec.Tenant, c.meta.Spec.Labels)
+		if err != nil {
+			_ = a.cfg.Runtime.Delete(ctx, id, true)
+			return fmt.Errorf("attach network %s: %w", n, err)
+		}
+		c.meta.State.Addresses = addrs
+	}
+	if err := a.cfg.Runtime.Start(ctx, id); err != nil {
+		_ = a.cfg.Runtime.Delete(ctx, id, true)
+		return fmt.Errorf("start container %s: %w", id, err)
+	}
+	s := &c.meta.State
+	s.Status, s.Pid, s.StartedAt, s.Error, s.OOMKilled = StatusRunning, st.Pid, time.Now().UTC(), "", false
+	s.FinishedAt = time.Time{}
+	c.killed = false
+	if err := a.save(c); err != nil {
+		return err
+	}
+	return a.watchLocked(c, st.Pid)
+}
+
+// watchLocked arranges for onExit to run when the container's init ends.
+// It waits on a pidfd in the Go netpoller: no thread, no process per
+// container. c.mu is held.
+func (a *Agent) watchLocked(c *container, pid int) error {
+	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
+	exited := make(chan struct{})
+	c.exited = exited
+	if errors.Is(err, unix.ESRCH) {
+		a.wg.Add(1)
+		go func() { defer a.wg.Done(); a.onExit(c, exited) }()
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("watch container %s: %w", c.meta.ID, err)
+	}
+	f := os.NewFile(uintptr(fd), "pidfd")
+	c.watch = f
+	a.startHealthLocked(c)
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		rc, err := f.SyscallConn()
+		if err == nil {
+			err = rc.Read(func(fd uintptr) bool {
+				p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+				n, _ := unix.Poll(p, 0)
+				return n > 0
+			})
+		}
+		if err != nil {
+			return // the agent is closing; a new one adopts the container
+		}
+		a.onExit(c, exited)
+	}()
+	return nil
+}
+
+// onExit records how the current run of c ended, releases its runtime
+// state and applies the restart policy.
+func (a *Agent) onExit(c *container, exited chan struct{}) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.exited != exited {
+		return
+	}
+	a.recordExitLocked(c)
+	close(exited)
+	c.exited = nil
+	if c.watch != nil {
+		c.watch.Close()
+		c.watch = nil
+	}
+	a.maybeRestartLocked(c)
+}
+
+// recordExitLocked reads the exit code berth-init left and whether the
+// kernel OOM-killed anything, then deletes the runtime's state and cgroup.
+func (a *Agent) recordExitLocked(c *container) {
+	id := c.meta.ID
+	s := &c.meta.State
+	if c.stopHealth != nil {
+		c.stopHealth()
+		c.stopHealth = nil
+	}
+	code := -1
+	if b, err := os.ReadFile(filepath.Join(a.logDir(id), "exit")); err == nil {
+		if v, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			code = v
+		}
+	}
+	if code < 0 && (c.killed || !c.meta.Spec.NoInit) {
+		// berth-init ended without a word: SIGKILL, or it never ran.
+		code = 128 + int(unix.SIGKILL)
+		if !c.killed {
+			s.Error = lastLine(filepath.Join(a.logDir(id), "init.log"))
+		}
+	}
+	if cg, err := cgroups.New(a.cgroupOf(id), nil, cgroups.Options{}); err == nil {
+		if st, err := cg.Stats(); err == nil && st.Memory.OOMKills > 0 {
+			s.OOMKilled = true
+		}
+	}
+	if err := a.cfg.Runtime.Delete(context.Background(), id, true); err != nil {
+		a.log.Warn("delete runtime state", "id", id, "err", err)
+	}
+	if n := c.meta.Spec.Network; n != "" && n != "none" && a.cfg.Networker != nil {
+		if err := a.cfg.Networker.Detach(id); err != nil {
+			a.log.Warn("detach network", "id", id, "err", err)
+		}
+	}
+	ran := time.Since(s.StartedAt)
+	s.Status, s.Pid, s.ExitCode, s.FinishedAt = StatusExited, 0, code, time.Now().UTC()
+	if ran >= 10*time.Second {
+		s.Backoff = 0
+	}
+	if err := a.save(c); err != nil {
+		a.log.Warn("save exit", "id", id, "err", err)
+	}
+}
+
+func (a *Agent) maybeRestartLocked(c *container) {
+	s := &c.meta.State
+	a.mu.Lock()
+	closed := a.closed
+	a.mu.Unlock()
+	if closed || c.removed || !ShouldRestart(c.meta.Spec.Restart, s.ExitCode, s.RestartCount, s.StoppedByUser) {
+		return
+	}
+	delay := RestartDelay(s.Backoff, s.FinishedAt.Sub(s.StartedAt))
+	s.Backoff++
+	s.Status = StatusRestarting
+	_ = a.save(c)
+	c.restartTimer = time.AfterFunc(delay, func() {
+		a.mu.Lock()
+		closed := a.closed
+		a.mu.Unlock()
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if closed || c.removed || c.exited != nil || c.meta.State.Status != StatusRestarting {
+			return
+		}
+		c.restartTimer = nil
+		c.meta.State.RestartCount++
+		if err := a.startLocked(context.Background(), c); err != nil {
+			a.log.Warn("restart", "id", c.meta.ID, "err", err)
+		}
+	})
+}
+
+// lastLine is the last line of a small file, for error reports.
+func lastLine(p string) string {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	return lines[len(lines)-1]
+}
+
+// Kill sends sig to the container's init, which passes it to the workload.
+func (a *Agent) Kill(ctx context.Context, ref string, sig syscall.Signal) error {
+	c, err := a.get(ref)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return a.killLocked(ctx, c, sig)
+}
+
+func (a *Agent) killLocked(ctx context.Context, c *container, sig syscall.Signal) error {
+	if c.exited == nil {
+		return fmt.Errorf("container %s: not running", c.meta.ID)
+	}
+	c.meta.State.StoppedByUser = true
+	if sig == unix.SIGKILL {
+		c.killed = true
+	}
+	_ = a.save(c)
+	return a.cfg.Runtime.Kill(ctx, c.meta.ID, sig, false)
+}
+
+// Stop asks the container to end with SIGTERM and kills it after timeout.
+func (a *Agent) Stop(ctx context.Context, ref string, timeout time.Duration) error {
+	c, err := a.get(ref)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	if c.restartTimer != nil {
+		c.restartTimer.Stop()
+		c.restartTimer = nil
+		c.meta.State.Status = StatusExited
+	}
+	c.meta.State.StoppedByUser = true
+	exited := c.exited
+	if exited == nil {
+		err := a.save(c)
+		c.mu.Unlock()
+		return err
+	}
+	err = a.killLocked(ctx, c, unix.SIGTERM)
+	c.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-exited:
+		return nil
+	case <-t.C:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	c.mu.Lock()
+	if c.exited == exited {
+		err = a.killLocked(ctx, c, unix.SIGKILL)
+	}
+	c.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	select {
+	case <-exited:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Wait blocks until the container's current run ends (at once when it is
+// not running) and returns its exit code.
+func (a *Agent) Wait(ctx context.Context, ref string) (int, error) {
+	c, err := a.get(ref)
+	if err != nil {
+		return -1, err
+	}
+	c.mu.Lock()
+	exited := c.exited
+	c.mu.Unlock()
+	if exited != nil {
+		select {
+		case <-exited:
+		case <-ctx.Done():
+			return -1, ctx.Err()
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.meta.State.ExitCode, nil
+}
+
+// Remove deletes a container and everything the agent made for it but its
+// named volumes. A running container needs force.
+func (a *Agent) Remove(ctx context.Context, ref string, force bool) error {
+	c, err := a.get(ref)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	if c.exited != nil && !force {
+		c.mu.Unlock()
+		return fmt.Errorf("container %s is running: stop it first or force", c.meta.ID)
+	}
+	c.removed = true
+	if c.restartTimer != nil {
+		c.restartTimer.Stop()
+		c.restartTimer = nil
+	}
+	exited := c.exited
+	if exited != nil {
+		c.killed = true
+		_ = a.cfg.Runtime.Kill(ctx, c.meta.ID, unix.SIGKILL, false)
+	}
+	c.mu.Unlock()
+	if exited != nil {
+		select {
+		case <-exited:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	id := c.meta.ID
+	if err := a.destroy(id); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	delete(a.containers, id)
+	a.mu.Unlock()
+	return nil
+}
+
+// destroy removes whatever exists of container id: runtime state and
+// cgroup, mounts, snapshot, directory (last).
+func (a *Agent) destroy(id string) error {
+	ctx := context.Background()
+	if err := a.cfg.Runtime.Delete(ctx, id, true); err != nil {
+		return fmt.Errorf("remove %s: %w", id, err)
+	}
+	if cg, err := cgroups.New(a.cgroupOf(id), nil, cgroups.Options{}); err == nil {
+		_ = cg.Destroy()
+	}
+	// The mounts the agent makes, top first, then whatever else is there.
+	known := []string{a.rootfs(id)}
+	for _, sub := range []string{"layers", "mounts"} {
+		ents, _ := os.ReadDir(filepath.Join(a.dir(id), sub))
+		for _, e := range ents {
+			known = append(known, filepath.Join(a.dir(id), sub, e.Name()))
+		}
+	}
+	for _, m := range known {
+		_ = unix.Unmount(m, unix.MNT_DETACH)
+	}
+	if err := unmountAll(a.dir(id)); err != nil {
+		return fmt.Errorf("remove %s: %w", id, err)
+	}
+	if err := a.cfg.Images.RemoveSnapshot(id); err != nil {
+		return fmt.Errorf("remove %s: %w", id, err)
+	}
+	if err := os.RemoveAll(a.dir(id)); err != nil {
+		return fmt.Errorf("remove %s: %w", id, err)
+	}
+	return nil
+}

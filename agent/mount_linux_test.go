@@ -1,0 +1,101 @@
+package agent
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+
+	"github.com/berth-dev/berth/internal/testdir"
+)
+
+// buildInit compiles berth-init into dir, as hack/build.sh does.
+func buildInit(t *testing.T, dir string) string {
+	t.Helper()
+	p := filepath.Join(dir, "berth-init")
+	out, err := exec.Command("gcc", "-static", "-Os", "-o", p, "../cmd/berth-init/berth-init.c").CombinedOutput()
+	if err != nil {
+		t.Fatalf("build berth-init: %v\n%s", err, out)
+	}
+	return p
+}
+
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: mounts, namespaces and cgroups")
+	}
+}
+
+// An overlay (the shape of every container rootfs) mounted idmapped shows
+// the image's root-owned files as the container's root, and what the
+// container writes lands in the upper directory unshifted.
+func TestIdmappedOverlayShiftsOwnershipWithoutCopying(t *testing.T) {
+	for name, withInit := range map[string]bool{"userns from berth-init": true, "userns by ptrace": false} {
+		t.Run(name, func(t *testing.T) { testIdmappedOverlay(t, withInit) })
+	}
+}
+
+func testIdmappedOverlay(t *testing.T, withInit bool) {
+	needRoot(t)
+	dir := testdir.World(t)
+	exe := ""
+	if withInit {
+		exe = buildInit(t, dir)
+	}
+	for _, d := range []string{"lower", "snap", "snap/upper", "snap/work", "mlower", "mapped"} {
+		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "lower", "f"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unmountAll(dir) })
+	r := IDRange{Base: 1<<28 + 7*65536, Size: 65536}
+	ns, err := usernsFile(r, exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	mapped := filepath.Join(dir, "mapped")
+	for _, m := range [][2]string{{"lower", "mlower"}} {
+		if err := idmapMount(filepath.Join(dir, m[0]), filepath.Join(dir, m[1]), ns); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := mountOverlay([]string{filepath.Join(dir, "mlower")}, filepath.Join(dir, "snap", "upper"), filepath.Join(dir, "snap", "work"), mapped); err != nil {
+		t.Fatal(err)
+	}
+	if !isMountPoint(mapped) {
+		t.Fatalf("%s is not a mount point after idmapMount", mapped)
+	}
+	fi, err := os.Stat(filepath.Join(mapped, "f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if uid := fi.Sys().(*syscall.Stat_t).Uid; uid != r.Base {
+		t.Fatalf("file owned by 0 in the image shows as %d through the idmapped mount, want %d", uid, r.Base)
+	}
+	// The upper directory is the container's own: it stores host ids.
+	if err := os.WriteFile(filepath.Join(mapped, "new"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(filepath.Join(mapped, "new"), int(r.Base)+5, int(r.Base)+5); err != nil {
+		t.Fatal(err)
+	}
+	fi, err = os.Stat(filepath.Join(dir, "snap", "upper", "new"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if uid := fi.Sys().(*syscall.Stat_t).Uid; uid != r.Base+5 {
+		t.Fatalf("container uid 5 stored as %d in the upper dir, want %d", uid, r.Base+5)
+	}
+	if err := unmountAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	if ms, _ := mountsUnder(dir); len(ms) != 0 {
+		t.Fatalf("mounts left after unmountAll: %v", ms)
+	}
+}

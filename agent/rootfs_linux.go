@@ -1,0 +1,170 @@
+package agent
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+)
+
+// mountRootfs mounts the container's root filesystem at bundle/rootfs: an
+// overlay of the image's shared, unpacked layers, each seen through an
+// idmapped mount so that the container's root owns what the image's root
+// owns, under the snapshot's upper directory. Nothing is copied.
+func (a *Agent) mountRootfs(id string, ids IDRange) error {
+	target := a.rootfs(id)
+	if isMountPoint(target) {
+		return nil
+	}
+	snap := filepath.Join(a.cfg.Images.Dir(), "snapshots", id)
+	// The store's own (unshifted) mount of the snapshot is not used.
+	if err := unix.Unmount(filepath.Join(snap, "rootfs"), unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("snapshot of %s: %w", id, err)
+	}
+	var meta struct{ Layers []string }
+	b, err := os.ReadFile(filepath.Join(snap, "meta.json"))
+	if err != nil {
+		return fmt.Errorf("snapshot of %s: %w", id, err)
+	}
+	if err := json.Unmarshal(b, &meta); err != nil {
+		return fmt.Errorf("snapshot of %s: %w", id, err)
+	}
+	layersDir := filepath.Join(a.dir(id), "layers")
+	for _, d := range []string{layersDir, target} {
+		if err := os.MkdirAll(d, 0o711); err != nil {
+			return err
+		}
+	}
+	ns, err := usernsFile(ids, a.cfg.InitPath)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	var lowers []string
+	for i := len(meta.Layers) - 1; i >= 0; i-- {
+		_, enc, _ := strings.Cut(meta.Layers[i], ":")
+		src := filepath.Join(a.cfg.Images.Dir(), "layers", enc, "fs")
+		dst := filepath.Join(layersDir, strconv.Itoa(i))
+		if err := os.MkdirAll(dst, 0o755); err != nil {
+			return err
+		}
+		if !isMountPoint(dst) {
+			if err := idmapMount(src, dst, ns); err != nil {
+				return fmt.Errorf("layer %s of %s: %w", meta.Layers[i], id, err)
+			}
+		}
+		lowers = append(lowers, dst)
+	}
+	if len(lowers) == 0 {
+		empty := filepath.Join(layersDir, "empty")
+		if err := os.MkdirAll(empty, 0o755); err != nil {
+			return err
+		}
+		lowers = append(lowers, empty)
+	}
+	upper, work := filepath.Join(snap, "upper"), filepath.Join(snap, "work")
+	// The root directory of the container is the upper directory's: the
+	// container's root must own it.
+	if err := os.Chown(upper, int(ids.Base), int(ids.Base)); err != nil {
+		return err
+	}
+	if err := os.RemoveAll(work); err != nil {
+		return err
+	}
+	if err := os.Mkdir(work, 0o700); err != nil {
+		return err
+	}
+	return mountOverlay(lowers, upper, work, target)
+}
+
+// prepareMounts turns volumes and binds into OCI mounts. A named volume's
+// data is stored with unshifted ids and seen through an idmapped mount,
+// so containers with different id ranges share it across replacement.
+func (a *Agent) prepareMounts(id string, ms []Mount, ids IDRange) ([]specs.Mount, error) {
+	var out []specs.Mount
+	var ns *os.File
+	defer func() {
+		if ns != nil {
+			ns.Close()
+		}
+	}()
+	for i, m := range ms {
+		opts := []string{"rbind", "rprivate", "nosuid", "nodev"}
+		if m.ReadOnly {
+			opts = append(opts, "ro")
+		} else {
+			opts = append(opts, "rw")
+		}
+		src := m.Source
+		if m.Type == "volume" {
+			data, err := a.ensureVolume(m.Source)
+			if err != nil {
+				return nil, err
+			}
+			if ns == nil {
+				if ns, err = usernsFile(ids, a.cfg.InitPath); err != nil {
+					return nil, err
+				}
+			}
+			src = filepath.Join(a.dir(id), "mounts", strconv.Itoa(i))
+			if err := os.MkdirAll(src, 0o755); err != nil {
+				return nil, err
+			}
+			if !isMountPoint(src) {
+				if err := idmapMount(data, src, ns); err != nil {
+					return nil, fmt.Errorf("volume %s: %w", m.Source, err)
+				}
+			}
+		} else if _, err := os.Stat(src); err != nil {
+			return nil, fmt.Errorf("bind mount source: %w", err)
+		}
+		out = append(out, specs.Mount{Destination: m.Target, Type: "bind", Source: src, Options: opts})
+	}
+	return out, nil
+}
+
+// ensureVolume returns the data directory of a named volume, made on first use.
+func (a *Agent) ensureVolume(name string) (string, error) {
+	data := filepath.Join(a.cfg.Root, "volumes", name, "_data")
+	if err := os.MkdirAll(data, 0o755); err != nil {
+		return "", fmt.Errorf("volume %s: %w", name, err)
+	}
+	return data, nil
+}
+
+// Volumes lists the named volumes.
+func (a *Agent) Volumes() ([]string, error) {
+	ents, err := os.ReadDir(filepath.Join(a.cfg.Root, "volumes"))
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, e := range ents {
+		out = append(out, e.Name())
+	}
+	return out, nil
+}
+
+// RemoveVolume deletes a named volume no container uses.
+func (a *Agent) RemoveVolume(name string) error {
+	if !validName(name, 128, "_.-") {
+		return fmt.Errorf("volume %q: invalid name", name)
+	}
+	a.mu.Lock()
+	for _, c := range a.containers {
+		for _, m := range c.meta.Spec.Mounts {
+			if m.Type == "volume" && m.Source == name {
+				a.mu.Unlock()
+				return fmt.Errorf("volume %s: in use by container %s", name, c.meta.ID)
+			}
+		}
+	}
+	a.mu.Unlock()
+	return os.RemoveAll(filepath.Join(a.cfg.Root, "volumes", name))
+}
