@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -50,6 +51,10 @@ type Native struct {
 	// must be a binary that calls InitMain (berth-runtime does).
 	InitPath string
 	Log      *slog.Logger
+
+	// exits holds the exit codes of inits this process reaped (container
+	// ID → int), for ExitCode.
+	exits sync.Map
 }
 
 // NewNative returns a runtime keeping its state under root.
@@ -161,8 +166,24 @@ func (r *Native) Create(ctx context.Context, id, bundle string, opts CreateOpts)
 	}
 	// Reap the init when it exits if this process outlives it (in-process
 	// callers); the CLI exits first and the init is re-parented.
-	go func() { _ = c.cmd.Wait() }()
+	r.exits.Delete(id)
+	go func() {
+		err := c.cmd.Wait()
+		r.exits.Store(id, exitCodeOf(c.cmd.ProcessState, err))
+	}()
 	return nil
+}
+
+// ExitCode returns the exit code of a container's first process (128+N for
+// signal N) once it has exited, if this Native created it in this process
+// and reaped it. A container created by another process (the CLI) is
+// reaped by whoever inherited it; ok is false then.
+func (r *Native) ExitCode(id string) (code int, ok bool) {
+	v, ok := r.exits.Load(id)
+	if !ok {
+		return 0, false
+	}
+	return v.(int), true
 }
 
 type created struct {
@@ -750,6 +771,7 @@ func (r *Native) Delete(ctx context.Context, id string, force bool) error {
 	if err := os.RemoveAll(r.dir(id)); err != nil {
 		return fmt.Errorf("delete %s: remove state: %w", id, err)
 	}
+	r.exits.Delete(id)
 	if rec.Hooks != nil && len(rec.Hooks.Poststop) > 0 {
 		s := r.stateOf(rec)
 		s.Status = Stopped

@@ -112,6 +112,53 @@ func TestRunReportsExitCode(t *testing.T) {
 	}
 }
 
+// An in-process caller learns the exit code of a container it created,
+// which a non-zero exit and a signal both set.
+func TestExitCodeOfCreatedContainer(t *testing.T) {
+	r := testRuntime(t)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		args []string
+		kill bool
+		want int
+	}{
+		{[]string{"sh", "-c", "exit 42"}, false, 42},
+		{[]string{"sleep", "100"}, true, 128 + int(syscall.SIGKILL)},
+	} {
+		id := fmt.Sprintf("exit%d", tc.want)
+		if err := r.Create(ctx, id, testBundle(t, tc.args, nil), CreateOpts{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := r.ExitCode(id); ok {
+			t.Errorf("%s: an exit code before start", id)
+		}
+		if err := r.Start(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		if tc.kill {
+			if err := r.Kill(ctx, id, syscall.SIGKILL, false); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var code int
+		ok := false
+		for i := 0; i < 500 && !ok; i++ {
+			if code, ok = r.ExitCode(id); !ok {
+				time.Sleep(10 * time.Millisecond)
+			}
+		}
+		if !ok || code != tc.want {
+			t.Errorf("%s: exit code %d (known %v), want %d", id, code, ok, tc.want)
+		}
+		if err := r.Delete(ctx, id, false); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := r.ExitCode(id); ok {
+			t.Errorf("%s: exit code kept after delete", id)
+		}
+	}
+}
+
 func TestLifecycleCreateStartKillDelete(t *testing.T) {
 	r := testRuntime(t)
 	ctx := context.Background()
