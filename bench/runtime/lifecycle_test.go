@@ -200,8 +200,14 @@ func (c contender) lifecycle(bundle, id string) (sample, error) {
 	if err != nil {
 		return s, err
 	}
-	if _, err := unix.Poll([]unix.PollFd{{Fd: int32(pfd), Events: unix.POLLIN}}, 10000); err != nil {
-		return s, err
+	for {
+		_, err := unix.Poll([]unix.PollFd{{Fd: int32(pfd), Events: unix.POLLIN}}, 10000)
+		if err == nil {
+			break
+		}
+		if err != unix.EINTR { // Go's preemption signals interrupt it
+			return s, err
+		}
 	}
 	phase(2)
 	kib, err = c.cmd(bundle, "delete", id)
