@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -25,10 +26,18 @@ import (
 // Networker attaches containers to a network; the network package
 // provides one. With network "none" the agent needs none.
 type Networker interface {
-	// Attach connects the network namespace at netnsPath and returns the
-	// container's addresses.
-	Attach(netnsPath, id, tenant string, labels map[string]string) ([]netip.Prefix, error)
+	// Attach connects the network namespace at netnsPath for c and returns
+	// the container's addresses.
+	Attach(netnsPath string, c NetEndpoint) ([]netip.Prefix, error)
+	// Detach disconnects a container; one not attached is no error.
 	Detach(id string) error
+	// Resume is called once by New, after reconcile, with the running
+	// containers that hold addresses: what belongs to any other container
+	// is swept away.
+	Resume(live []NetEndpoint) error
+	// DialContext connects from where the host reaches containers'
+	// addresses, for health checks.
+	DialContext(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Config is what an Agent is made of.
@@ -161,6 +170,12 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	}
 	if err := a.reconcile(ctx); err != nil {
 		return nil, err
+	}
+	if cfg.Networker != nil {
+		if err := cfg.Networker.Resume(a.attachedContainers()); err != nil {
+			a.Close()
+			return nil, fmt.Errorf("agent: resume network: %w", err)
+		}
 	}
 	return a, nil
 }

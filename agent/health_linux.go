@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"os"
 	goruntime "runtime"
-	"strconv"
 	"sync"
 	"time"
 
@@ -63,7 +62,7 @@ func (a *Agent) startHealthLocked(c *container) {
 	ctx, cancel := context.WithCancel(context.Background())
 	c.stopHealth = cancel
 	c.meta.State.Health = &HealthState{Status: "starting"}
-	pid, started := c.meta.State.Pid, c.meta.State.StartedAt
+	target, started := a.probeTargetLocked(c), c.meta.State.StartedAt
 	h := hc.withDefaults()
 	a.wg.Add(1)
 	go func() {
@@ -76,7 +75,7 @@ func (a *Agent) startHealthLocked(c *container) {
 				return
 			case <-t.C:
 			}
-			p := a.probe(ctx, c, h, pid)
+			p := a.probe(ctx, c, h, target)
 			if ctx.Err() != nil {
 				return
 			}
@@ -95,7 +94,7 @@ func (a *Agent) startHealthLocked(c *container) {
 }
 
 // probe runs one check with its timeout.
-func (a *Agent) probe(ctx context.Context, c *container, h HealthCheck, pid int) HealthProbe {
+func (a *Agent) probe(ctx context.Context, c *container, h HealthCheck, target probeTarget) HealthProbe {
 	ctx, cancel := context.WithTimeout(ctx, h.Timeout)
 	defer cancel()
 	p := HealthProbe{Start: time.Now().UTC()}
@@ -111,10 +110,10 @@ func (a *Agent) probe(ctx context.Context, c *container, h HealthCheck, pid int)
 			err = fmt.Errorf("exit code %d", code)
 		}
 	case h.HTTPPath != "":
-		err = httpProbe(ctx, pid, h.Port, h.HTTPPath)
+		err = httpProbe(ctx, target, h.Port, h.HTTPPath)
 	default:
 		var conn net.Conn
-		conn, err = dialInNetns(ctx, pid, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(h.Port)))
+		conn, err = target.dial(ctx, "tcp", target.addr(h.Port))
 		if err == nil {
 			conn.Close()
 		}
@@ -129,15 +128,10 @@ func (a *Agent) probe(ctx context.Context, c *container, h HealthCheck, pid int)
 	return p
 }
 
-func httpProbe(ctx context.Context, pid, port int, path string) error {
-	tr := &http.Transport{
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return dialInNetns(ctx, pid, network, addr)
-		},
-		DisableKeepAlives: true,
-	}
+func httpProbe(ctx context.Context, target probeTarget, port int, path string) error {
+	tr := &http.Transport{DialContext: target.dial, DisableKeepAlives: true}
 	defer tr.CloseIdleConnections()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:"+strconv.Itoa(port)+path, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+target.addr(port)+path, nil)
 	if err != nil {
 		return err
 	}

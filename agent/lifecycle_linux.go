@@ -206,7 +206,8 @@ func (a *Agent) startLocked(ctx context.Context, c *container) (err error) {
 		return fmt.Errorf("container %s: %w", id, err)
 	}
 	if n := c.meta.Spec.Network; n != "" && n != "none" {
-		addrs, err := a.cfg.Networker.Attach(netnsPath, id, c.meta.Spec.Tenant, c.meta.Spec.Labels)
+		addrs, err := a.cfg.Networker.Attach(netnsPath, NetEndpoint{ID: id, Tenant: c.meta.Spec.Tenant,
+			Labels: c.meta.Spec.Labels, Ports: c.meta.Spec.Ports})
 		if err != nil {
 			_ = a.cfg.Runtime.Delete(ctx, id, true)
 			return fmt.Errorf("attach network %s: %w", n, err)
@@ -215,6 +216,12 @@ func (a *Agent) startLocked(ctx context.Context, c *container) (err error) {
 	}
 	if err := a.cfg.Runtime.Start(ctx, id); err != nil {
 		_ = a.cfg.Runtime.Delete(ctx, id, true)
+		if len(c.meta.State.Addresses) > 0 {
+			if derr := a.cfg.Networker.Detach(id); derr != nil {
+				a.log.Warn("detach network", "id", id, "err", derr)
+			}
+			c.meta.State.Addresses = nil
+		}
 		return fmt.Errorf("start container %s: %w", id, err)
 	}
 	s := &c.meta.State
@@ -316,6 +323,7 @@ func (a *Agent) recordExitLocked(c *container) {
 		if err := a.cfg.Networker.Detach(id); err != nil {
 			a.log.Warn("detach network", "id", id, "err", err)
 		}
+		s.Addresses = nil
 	}
 	ran := time.Since(s.StartedAt)
 	s.Status, s.Pid, s.ExitCode, s.FinishedAt = StatusExited, 0, code, time.Now().UTC()
@@ -506,6 +514,12 @@ func (a *Agent) destroy(id string) error {
 	ctx := context.Background()
 	if err := a.cfg.Runtime.Delete(ctx, id, true); err != nil {
 		return fmt.Errorf("remove %s: %w", id, err)
+	}
+	// Also for a container whose metadata is lost (reconcile's cleanup).
+	if a.cfg.Networker != nil {
+		if err := a.cfg.Networker.Detach(id); err != nil {
+			return fmt.Errorf("remove %s: %w", id, err)
+		}
 	}
 	if cg, err := cgroups.New(a.cgroupOf(id), nil, cgroups.Options{}); err == nil {
 		_ = cg.Destroy()

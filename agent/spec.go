@@ -45,8 +45,10 @@ type ContainerSpec struct {
 	NoInit bool `json:"noInit,omitempty"`
 	// Network is "none" (the default: a network namespace with loopback
 	// only) or a network the agent's Networker attaches.
-	Network string    `json:"network,omitempty"`
-	Log     LogConfig `json:"log,omitempty"`
+	Network string `json:"network,omitempty"`
+	// Ports are published on the host (network other than none).
+	Ports []PortMapping `json:"ports,omitempty"`
+	Log   LogConfig     `json:"log,omitempty"`
 }
 
 // Mount is a named volume or a bind mount.
@@ -229,7 +231,7 @@ func (s ContainerSpec) Validate() error {
 			return fmt.Errorf("network %q: invalid name", s.Network)
 		}
 	}
-	return nil
+	return validatePorts(s.Ports, s.Network)
 }
 
 // RestartPolicy is Docker's: "no", "on-failure[:N]", "always",
