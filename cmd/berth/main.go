@@ -30,6 +30,10 @@ func newRootCmd() *cobra.Command {
 		newImageCmd(),
 		newSystemCmd(),
 		newLoginCmd(),
+		newServerCmd(),
+		newServiceCmd(),
+		newNodeCmd(),
+		newTokenCmd(),
 	)
 	return root
 }

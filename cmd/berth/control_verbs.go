@@ -1,0 +1,267 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/berth-dev/berth/api"
+	"github.com/spf13/cobra"
+)
+
+// apiFlags are the connection flags of every verb that talks to a server.
+type apiFlags struct {
+	server, token, tenant string
+}
+
+func (a *apiFlags) add(cmd *cobra.Command) {
+	f := cmd.PersistentFlags()
+	f.StringVar(&a.server, "server", envOr("BERTH_SERVER", "http://127.0.0.1:7070"), "API server URL ($BERTH_SERVER)")
+	f.StringVar(&a.token, "token", os.Getenv("BERTH_TOKEN"), "bearer token ($BERTH_TOKEN)")
+	f.StringVar(&a.tenant, "tenant", envOr("BERTH_TENANT", "default"), "tenant ($BERTH_TENANT)")
+}
+
+func (a *apiFlags) client() *api.Client { return api.NewClient(a.server, a.token, nil) }
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func printJSON(v any) error {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func newServiceCmd() *cobra.Command {
+	var af apiFlags
+	cmd := &cobra.Command{Use: "service", Short: "Manage replicated services"}
+	af.add(cmd)
+
+	var image, restart string
+	var replicas, parallelism int
+	var cpu, mem int64
+	var env, constraints []string
+	create := &cobra.Command{
+		Use:   "create NAME [-- COMMAND...]",
+		Short: "Create a service",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s := &api.Service{Meta: api.Meta{Name: args[0], Tenant: af.tenant}, Spec: api.ServiceSpec{Replicas: replicas, Parallelism: parallelism,
+				Template: api.Template{Image: image, Command: args[1:], Restart: restart, Resources: api.Resources{CPU: cpu, Memory: mem << 20}}}}
+			for _, e := range env {
+				k, v, _ := strings.Cut(e, "=")
+				if s.Spec.Template.Env == nil {
+					s.Spec.Template.Env = map[string]string{}
+				}
+				s.Spec.Template.Env[k] = v
+			}
+			for _, c := range constraints {
+				s.Spec.Template.Constraints = append(s.Spec.Template.Constraints, parseConstraint(c))
+			}
+			if err := af.client().Create(cmd.Context(), s); err != nil {
+				return err
+			}
+			fmt.Println(s.Name)
+			return nil
+		},
+	}
+	cf := create.Flags()
+	cf.StringVar(&image, "image", "", "image reference")
+	cf.IntVar(&replicas, "replicas", 1, "number of instances")
+	cf.IntVar(&parallelism, "parallelism", 1, "instances replaced at a time in a rolling update")
+	cf.Int64Var(&cpu, "cpu", 0, "CPU per instance, millicores")
+	cf.Int64Var(&mem, "memory", 0, "memory per instance, MiB")
+	cf.StringVar(&restart, "restart", "always", "restart policy: always, on-failure, never")
+	cf.StringArrayVarP(&env, "env", "e", nil, "environment KEY=VALUE")
+	cf.StringArrayVar(&constraints, "constraint", nil, "placement constraint: key==value, key!=value or key")
+
+	list := &cobra.Command{
+		Use:   "ls",
+		Short: "List services",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := api.ListOf[*api.Service](cmd.Context(), af.client(), af.tenant, "")
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tIMAGE\tREPLICAS\tREADY\tROLLOUT")
+			for _, s := range l.Items {
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\n", s.Name, s.Spec.Template.Image, s.Spec.Replicas, s.Status.Ready, s.Status.Rollout)
+			}
+			return tw.Flush()
+		},
+	}
+	inspect := &cobra.Command{
+		Use: "inspect NAME", Short: "Show a service as JSON", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s := &api.Service{}
+			if err := af.client().Get(cmd.Context(), af.tenant, args[0], s); err != nil {
+				return err
+			}
+			return printJSON(s)
+		},
+	}
+	scale := &cobra.Command{
+		Use: "scale NAME REPLICAS", Short: "Change a service's replica count", Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var n int
+			if _, err := fmt.Sscan(args[1], &n); err != nil {
+				return fmt.Errorf("replicas %q: not a number", args[1])
+			}
+			return modifyService(cmd.Context(), af, args[0], func(s *api.Service) error { s.Spec.Replicas = n; return nil })
+		},
+	}
+	update := &cobra.Command{
+		Use: "update NAME --image IMAGE", Short: "Roll a service to a new image", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return modifyService(cmd.Context(), af, args[0], func(s *api.Service) error { s.Spec.Template.Image = image; return nil })
+		},
+	}
+	update.Flags().StringVar(&image, "image", "", "new image")
+	rollback := &cobra.Command{
+		Use: "rollback NAME", Short: "Restore the last fully rolled-out template", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return modifyService(cmd.Context(), af, args[0], func(s *api.Service) error {
+				if s.Status.Stable == nil {
+					return fmt.Errorf("service %s has no completed rollout to return to", s.Name)
+				}
+				s.Spec.Template = *s.Status.Stable
+				return nil
+			})
+		},
+	}
+	ps := &cobra.Command{
+		Use: "ps NAME", Short: "List a service's instances: node, phase, and why one is pending", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := api.ListOf[*api.Instance](cmd.Context(), af.client(), af.tenant, "service="+args[0])
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "INSTANCE\tNODE\tPHASE\tHEALTH\tRESTARTS\tIP\tREASON")
+			for _, in := range l.Items {
+				ip := ""
+				if in.Status.IP.IsValid() {
+					ip = in.Status.IP.String()
+				}
+				phase := in.Status.Phase
+				if in.Status.CrashLoop {
+					phase += " (crash loop)"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", in.Name, in.Spec.Node, phase, in.Status.Health, in.Status.Restarts, ip, in.Status.Reason)
+			}
+			return tw.Flush()
+		},
+	}
+	rm := &cobra.Command{
+		Use: "rm NAME", Short: "Delete a service and its instances", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return af.client().Delete(cmd.Context(), api.KindService, af.tenant, args[0], 0)
+		},
+	}
+	cmd.AddCommand(create, list, inspect, ps, scale, update, rollback, rm)
+	return cmd
+}
+
+func parseConstraint(s string) api.Constraint {
+	if k, v, ok := strings.Cut(s, "!="); ok {
+		return api.Constraint{Key: k, Op: api.OpNotEqual, Value: v}
+	}
+	if k, v, ok := strings.Cut(s, "=="); ok {
+		return api.Constraint{Key: k, Op: api.OpEqual, Value: v}
+	}
+	if k, v, ok := strings.Cut(s, "="); ok {
+		return api.Constraint{Key: k, Op: api.OpEqual, Value: v}
+	}
+	return api.Constraint{Key: s, Op: api.OpExists}
+}
+
+// modifyService reads, changes and writes a service, retrying on conflicts.
+func modifyService(ctx context.Context, af apiFlags, name string, f func(*api.Service) error) error {
+	c := af.client()
+	for attempt := 0; ; attempt++ {
+		s := &api.Service{}
+		if err := c.Get(ctx, af.tenant, name, s); err != nil {
+			return err
+		}
+		if err := f(s); err != nil {
+			return err
+		}
+		err := c.Update(ctx, s)
+		if !api.IsConflict(err) || attempt > 5 {
+			return err
+		}
+	}
+}
+
+func newNodeCmd() *cobra.Command {
+	var af apiFlags
+	cmd := &cobra.Command{Use: "node", Short: "Inspect and drain nodes"}
+	af.add(cmd)
+	list := &cobra.Command{
+		Use: "ls", Short: "List nodes",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := api.ListOf[*api.Node](cmd.Context(), af.client(), "", "")
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tPHASE\tCPU\tMEMORY\tLABELS")
+			for _, n := range l.Items {
+				fmt.Fprintf(tw, "%s\t%s\t%dm\t%dMiB\t%s\n", n.Name, n.Status.Phase, n.Spec.Capacity.CPU, n.Spec.Capacity.Memory>>20, api.FormatLabels(n.Labels))
+			}
+			return tw.Flush()
+		},
+	}
+	drain := &cobra.Command{
+		Use: "drain NAME", Short: "Move a node's instances elsewhere, then mark it unschedulable", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			_, err := af.client().Drain(cmd.Context(), args[0])
+			return err
+		},
+	}
+	move := &cobra.Command{
+		Use: "move INSTANCE NODE", Short: "Move one instance to a named node", Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			_, err := af.client().Move(cmd.Context(), af.tenant, args[0], args[1])
+			return err
+		},
+	}
+	cmd.AddCommand(list, drain, move)
+	return cmd
+}
+
+func newTokenCmd() *cobra.Command {
+	var af apiFlags
+	var role, node string
+	cmd := &cobra.Command{Use: "token", Short: "Manage bearer tokens"}
+	af.add(cmd)
+	create := &cobra.Command{
+		Use: "create NAME", Short: "Create a token and print its secret (shown once)", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			t := &api.Token{Meta: api.Meta{Name: args[0], Tenant: af.tenant}, Role: api.Role(role), Node: node}
+			if err := af.client().Create(cmd.Context(), t); err != nil {
+				return err
+			}
+			fmt.Println(t.Secret)
+			return nil
+		},
+	}
+	create.Flags().StringVar(&role, "role", string(api.RoleTenantAdmin), "admin, tenant-admin, read-only or node")
+	create.Flags().StringVar(&node, "node", "", "the node a node token acts as")
+	tenant := &cobra.Command{
+		Use: "tenant-create NAME", Short: "Create a tenant", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return af.client().Create(cmd.Context(), &api.Tenant{Meta: api.Meta{Name: args[0]}})
+		},
+	}
+	cmd.AddCommand(create, tenant)
+	return cmd
+}

@@ -1,0 +1,649 @@
+package control
+
+import (
+	"context"
+	"encoding/base32"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/berth-dev/berth/api"
+	"github.com/berth-dev/berth/control/reconcile"
+	"github.com/berth-dev/berth/control/scheduler"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+)
+
+// LoopConfig configures the leader's loop.
+type LoopConfig struct {
+	Store *Store
+	Log   *slog.Logger
+	Now   func() time.Time
+	Rand  io.Reader
+	// Batch bounds the instances written per transaction; keep 4*Batch
+	// under etcd's --max-txn-ops (128 by default on an external etcd, set
+	// higher on the embedded one).
+	Batch int
+	// Candidates bounds the feasible nodes the scheduler scores per
+	// placement (0: all).
+	Candidates int
+	// Identity names this server in the election.
+	Identity string
+	// Tick is how often the loop looks again without a change (back-offs
+	// and crash loops are functions of time); 250 ms unless set.
+	Tick time.Duration
+}
+
+// RunLeader campaigns for leadership and, while leader, runs the scheduler
+// and controllers. Every server campaigns; one leads at a time, and every
+// write it makes is fenced on still holding the leadership. It returns when
+// ctx ends.
+func RunLeader(ctx context.Context, cfg LoopConfig) error {
+	for ctx.Err() == nil {
+		// A short session would hand leadership over faster, but a leader
+		// that loses it under load has to reload the whole cluster.
+		sess, err := concurrency.NewSession(cfg.Store.Client(), concurrency.WithTTL(5), concurrency.WithContext(ctx))
+		if err != nil {
+			cfg.Log.Warn("election session", "err", err)
+			sleep(ctx, time.Second)
+			continue
+		}
+		el := concurrency.NewElection(sess, cfg.Store.Root()+"leader")
+		if err := el.Campaign(ctx, cfg.Identity); err != nil {
+			sess.Close()
+			continue
+		}
+		cfg.Log.Info("leading the control plane", "id", cfg.Identity)
+		lctx, cancel := context.WithCancel(ctx)
+		go func() {
+			select {
+			case <-sess.Done():
+			case <-lctx.Done():
+			}
+			cancel()
+		}()
+		fence := clientv3.Compare(clientv3.CreateRevision(el.Key()), "=", el.Rev())
+		err = NewLoop(cfg, fence).Run(lctx)
+		cancel()
+		rctx, rcancel := context.WithTimeout(context.Background(), time.Second)
+		_ = el.Resign(rctx)
+		rcancel()
+		sess.Close()
+		if err != nil && ctx.Err() == nil {
+			cfg.Log.Warn("leader loop ended", "err", err)
+		}
+	}
+	return nil
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// Loop runs the controllers and the scheduler over a mirror of the store.
+type Loop struct {
+	cfg   LoopConfig
+	st    *Store
+	fence []clientv3.Cmp
+	s     *state
+	start int // rotating scheduler start
+	// fresh are instances the service controller made this cycle, not yet
+	// written: the scheduler writes them.
+	fresh []*api.Instance
+
+	evLease    clientv3.LeaseID
+	evLeaseEnd time.Time
+}
+
+// NewLoop returns a loop whose writes all carry the fence conditions (the
+// leadership); with none, it acts unconditionally, as tests of racing
+// schedulers want.
+func NewLoop(cfg LoopConfig, fence ...clientv3.Cmp) *Loop {
+	if cfg.Tick == 0 {
+		cfg.Tick = 250 * time.Millisecond
+	}
+	return &Loop{cfg: cfg, st: cfg.Store, fence: fence}
+}
+
+// Run mirrors the store and runs a cycle after every burst of changes and
+// every tick, until ctx ends. A lost watch reloads the mirror.
+func (l *Loop) Run(ctx context.Context) error {
+	for ctx.Err() == nil {
+		s, m, err := l.st.load(ctx)
+		if err != nil {
+			l.cfg.Log.Warn("load cluster state", "err", err)
+			sleep(ctx, time.Second)
+			continue
+		}
+		l.s = s
+		err = l.follow(ctx, m)
+		m.cancel()
+		if ctx.Err() == nil {
+			l.cfg.Log.Warn("reloading cluster state", "err", err)
+		}
+	}
+	return ctx.Err()
+}
+
+func (l *Loop) follow(ctx context.Context, m *mirror) error {
+	tick := time.NewTicker(l.cfg.Tick)
+	defer tick.Stop()
+	for {
+		if err := l.Cycle(ctx); err != nil && ctx.Err() == nil {
+			if api.IsConflict(err) {
+				l.cfg.Log.Debug("control cycle", "err", err)
+			} else {
+				l.cfg.Log.Warn("control cycle", "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case resp := <-m.events:
+			if err := l.s.applyResponse(l.st, resp); err != nil {
+				return err
+			}
+			// Fold in whatever else already arrived, so a burst of changes
+			// costs one cycle.
+			for more := true; more; {
+				select {
+				case resp := <-m.events:
+					if err := l.s.applyResponse(l.st, resp); err != nil {
+						return err
+					}
+				default:
+					more = false
+				}
+			}
+		case <-tick.C:
+		}
+	}
+}
+
+// Load reads the cluster once (for tests and tools that drive cycles by
+// hand); Run does this itself.
+func (l *Loop) Load(ctx context.Context) error {
+	s, m, err := l.st.load(ctx)
+	if err != nil {
+		return err
+	}
+	m.cancel()
+	l.s = s
+	return nil
+}
+
+// Cycle runs every controller and the scheduler once over the mirror.
+func (l *Loop) Cycle(ctx context.Context) error {
+	now := l.cfg.Now()
+	defer func() {
+		l.cfg.Log.Debug("control cycle", "took", l.cfg.Now().Sub(now), "instances", len(l.s.instances), "nodes", len(l.s.nodes))
+	}()
+	l.fresh = nil
+	var errs []error
+	for _, step := range []func(context.Context) error{l.nodes, l.services, func(ctx context.Context) error { return l.health(ctx, now) }, l.schedule} {
+		if err := step(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	switch len(errs) {
+	case 0:
+		return nil
+	case 1:
+		return errs[0]
+	}
+	return fmt.Errorf("%w (and %d more)", errs[0], len(errs)-1)
+}
+
+// txn is Store.Txn fenced on the leadership.
+func (l *Loop) txn(ctx context.Context, what string, cmps []clientv3.Cmp, ops []clientv3.Op) (int64, error) {
+	began := l.cfg.Now()
+	rev, err := l.st.Txn(ctx, what, append(cmps, l.fence...), ops)
+	l.cfg.Log.Debug("txn", "what", what, "ops", len(ops), "took", l.cfg.Now().Sub(began), "err", err)
+	return rev, err
+}
+
+func (l *Loop) update(ctx context.Context, o, prev api.Object) error {
+	rev, err := l.txn(ctx, fmt.Sprintf("update %s %s", o.Kind(), o.GetMeta().Name), []clientv3.Cmp{l.st.Unchanged(prev)}, l.st.PutOps(o, prev))
+	if err != nil {
+		return err
+	}
+	o.GetMeta().ResourceVersion = rev
+	return nil
+}
+
+func copyInstance(in *api.Instance) *api.Instance {
+	c := *in
+	return &c
+}
+
+func key(m *api.Meta) string { return m.Tenant + "/" + m.Name }
+
+// instanceWrite adds the conditions and operations that replace prev by
+// next, or create next when prev is nil.
+func (l *Loop) instanceWrite(cmps []clientv3.Cmp, ops []clientv3.Op, prev, next *api.Instance) ([]clientv3.Cmp, []clientv3.Op) {
+	if prev == nil {
+		return append(cmps, l.st.Unchanged(next)), append(ops, l.st.PutOps(next, nil)...)
+	}
+	return append(cmps, l.st.Unchanged(prev)), append(ops, l.st.PutOps(next, prev)...)
+}
+
+// writeInstances writes changed instances in batches; prev and next are
+// parallel slices, a nil prev creating its next.
+func (l *Loop) writeInstances(ctx context.Context, what string, prev, next []*api.Instance) error {
+	b := max(l.cfg.Batch, 1)
+	for i := 0; i < len(next); i += b {
+		j := min(i+b, len(next))
+		var cmps []clientv3.Cmp
+		var ops []clientv3.Op
+		for k := i; k < j; k++ {
+			cmps, ops = l.instanceWrite(cmps, ops, prev[k], next[k])
+		}
+		rev, err := l.txn(ctx, what, cmps, ops)
+		if err != nil {
+			return err
+		}
+		for k := i; k < j; k++ {
+			next[k].ResourceVersion = rev
+			l.s.instances[key(&next[k].Meta)] = next[k]
+		}
+	}
+	return nil
+}
+
+// nodes keeps node phases in step with their leases and drains. The
+// instances of a node whose lease expired (or that was deleted) are marked
+// lost and returned to the scheduler; those of a draining node are moved.
+func (l *Loop) nodes(ctx context.Context) error {
+	s := l.s
+	byNode := map[string][]*api.Instance{}
+	for _, in := range s.instances {
+		if in.Spec.Node != "" {
+			byNode[in.Spec.Node] = append(byNode[in.Spec.Node], in)
+		}
+	}
+	var conflict error
+	for _, name := range sortedKeys(byNode) {
+		n, known := s.nodes[name]
+		alive := known && s.alive[name]
+		if alive && !n.Spec.Drain {
+			continue
+		}
+		ins := byNode[name]
+		sort.Slice(ins, func(i, j int) bool { return key(&ins[i].Meta) < key(&ins[j].Meta) })
+		phase, reason := api.PhaseLost, "node "+name+" lost; rescheduling"
+		if alive {
+			phase, reason = api.PhasePending, "node "+name+" draining; moving"
+		}
+		prev := make([]*api.Instance, 0, len(ins))
+		next := make([]*api.Instance, 0, len(ins))
+		tenants := map[string]int{}
+		for _, in := range ins {
+			c := copyInstance(in)
+			c.Spec.Node = ""
+			if c.Spec.Pin == name {
+				c.Spec.Pin = ""
+			}
+			c.Status = api.InstanceStatus{Phase: phase, Reason: reason, Restarts: in.Status.Restarts, CrashLoop: in.Status.CrashLoop}
+			c.Spec.RestartGeneration = in.Status.Restarts
+			prev, next = append(prev, in), append(next, c)
+			tenants[in.Tenant]++
+		}
+		if err := l.writeInstances(ctx, "reschedule instances of node "+name, prev, next); err != nil {
+			// Another node's instances need not wait for this one's.
+			if api.IsConflict(err) {
+				conflict = err
+				continue
+			}
+			return err
+		}
+		l.cfg.Log.Info("rescheduling instances", "node", name, "count", len(next), "alive", alive)
+		if !alive {
+			for _, t := range sortedKeys(tenants) {
+				l.record(ctx, t, "nodes/"+name, "Warning", "NodeLost", fmt.Sprintf("node %s lost its lease; %d instances rescheduled", name, tenants[t]))
+			}
+		}
+	}
+	for _, name := range sortedKeys(s.nodes) {
+		n := s.nodes[name]
+		phase := nodePhase(n, s.alive[name], len(byNode[name]) > 0)
+		if phase == n.Status.Phase && (phase != api.NodeDrained || n.Spec.Unschedulable) {
+			continue
+		}
+		c := *n
+		c.Status.Phase = phase
+		if phase == api.NodeDrained {
+			c.Spec.Unschedulable = true
+		}
+		if err := l.update(ctx, &c, n); err != nil {
+			return err
+		}
+		s.nodes[name] = &c
+	}
+	return conflict
+}
+
+// nodePhase is a node's phase given its lease and whether instances were
+// on it when the cycle began (they are moved off in the same cycle, so
+// "drained" follows in the next).
+func nodePhase(n *api.Node, alive, busy bool) string {
+	switch {
+	case n.Spec.Drain && !busy:
+		return api.NodeDrained
+	case n.Spec.Drain:
+		return api.NodeDraining
+	case !alive:
+		return api.NodeNotReady
+	}
+	return api.NodeReady
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// services runs the service controller over every service, and removes
+// instances whose service is gone.
+func (l *Loop) services(ctx context.Context) error {
+	s := l.s
+	owned := map[string][]*api.Instance{}
+	var orphans []api.Object
+	for _, in := range s.instances {
+		if in.Spec.Service == "" {
+			continue
+		}
+		k := in.Tenant + "/" + in.Spec.Service
+		if _, ok := s.services[k]; !ok {
+			orphans = append(orphans, in)
+			continue
+		}
+		owned[k] = append(owned[k], in)
+	}
+	if err := l.deleteAll(ctx, "delete instances of deleted services", orphans); err != nil {
+		return err
+	}
+	for _, k := range sortedKeys(s.services) {
+		svc := s.services[k]
+		plan := reconcile.Service(svc, owned[k])
+		var dels []api.Object
+		for _, name := range plan.Delete {
+			dels = append(dels, s.instances[svc.Tenant+"/"+name])
+		}
+		if err := l.deleteAll(ctx, "scale down service "+k, dels); err != nil {
+			return err
+		}
+		// New instances are written by the scheduler, placed if they fit,
+		// so each costs one write rather than a create and a placement.
+		for range plan.Create {
+			l.fresh = append(l.fresh, l.newInstance(svc))
+		}
+		if sameStatus(plan.Status, svc.Status) {
+			continue
+		}
+		c := *svc
+		c.Status = plan.Status
+		if err := l.update(ctx, &c, svc); err != nil {
+			return err
+		}
+		s.services[k] = &c
+		if c.Status.Rollout == api.RolloutFailed && svc.Status.Rollout != api.RolloutFailed {
+			l.record(ctx, svc.Tenant, "services/"+svc.Name, "Warning", "RolloutFailed", c.Status.Message)
+		}
+	}
+	return nil
+}
+
+func sameStatus(a, b api.ServiceStatus) bool {
+	as, bs := a.Stable, b.Stable
+	a.Stable, b.Stable = nil, nil
+	if a != b || (as == nil) != (bs == nil) {
+		return false
+	}
+	return as == nil || as.Hash() == bs.Hash()
+}
+
+func (l *Loop) suffix() string {
+	b := make([]byte, 5)
+	_, _ = io.ReadFull(l.cfg.Rand, b)
+	return strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b))
+}
+
+func (l *Loop) newInstance(svc *api.Service) *api.Instance {
+	name := svc.Name
+	if len(name) > 54 {
+		name = strings.TrimRight(name[:54], "-")
+	}
+	labels := map[string]string{}
+	for k, v := range svc.Spec.Template.Labels {
+		labels[k] = v
+	}
+	labels["service"] = svc.Name
+	in := &api.Instance{
+		Meta: api.Meta{Name: name + "-" + l.suffix(), Tenant: svc.Tenant, Labels: labels, Created: l.cfg.Now().UTC()},
+		Spec: api.InstanceSpec{Service: svc.Name, Template: svc.Spec.Template},
+	}
+	prepareInstance(in)
+	return in
+}
+
+func (l *Loop) deleteAll(ctx context.Context, what string, objs []api.Object) error {
+	b := max(l.cfg.Batch, 1)
+	for i := 0; i < len(objs); i += b {
+		j := min(i+b, len(objs))
+		var cmps []clientv3.Cmp
+		var ops []clientv3.Op
+		for _, o := range objs[i:j] {
+			cmps = append(cmps, l.st.Unchanged(o))
+			ops = append(ops, l.st.DeleteOps(o)...)
+		}
+		if _, err := l.txn(ctx, what, cmps, ops); err != nil {
+			return err
+		}
+		for _, o := range objs[i:j] {
+			delete(l.s.instances, key(o.GetMeta()))
+		}
+	}
+	return nil
+}
+
+// health restarts exited or unhealthy instances per their policy, and
+// marks and clears crash loops.
+func (l *Loop) health(ctx context.Context, now time.Time) error {
+	var prev, next []*api.Instance
+	for _, k := range sortedKeys(l.s.instances) {
+		in := l.s.instances[k]
+		act, ok := reconcile.Health(in, now)
+		if !ok && in.Status.CrashLoop && in.Status.Phase == api.PhaseRunning && in.Status.Health != api.HealthUnhealthy &&
+			now.Sub(in.Status.StartedAt) >= reconcile.QuickRunCeiling {
+			// It has stayed up long enough: no longer crash-looping.
+			act, ok = reconcile.HealthAction{CrashLoop: false}, true
+		}
+		if !ok || !act.Restart && act.CrashLoop == in.Status.CrashLoop {
+			continue
+		}
+		c := copyInstance(in)
+		c.Status.CrashLoop = act.CrashLoop
+		if act.Restart {
+			c.Spec.RestartGeneration = in.Status.Restarts + 1
+		}
+		prev, next = append(prev, in), append(next, c)
+	}
+	if err := l.writeInstances(ctx, "restart instances", prev, next); err != nil {
+		return err
+	}
+	for i, c := range next {
+		if c.Status.CrashLoop && !prev[i].Status.CrashLoop {
+			l.record(ctx, c.Tenant, "instances/"+c.Name, "Warning", "CrashLoop",
+				fmt.Sprintf("instance %s restarted %d times, each run shorter than %v", c.Name, c.Status.Restarts, reconcile.QuickRunCeiling))
+		}
+	}
+	return nil
+}
+
+// schedule places pending instances in batches. Each transaction compares
+// and bumps the allocation key of every node it places on, so a node's
+// free resources, as this loop computed them, are still true when the
+// placement lands: two schedulers racing never over-commit a node.
+func (l *Loop) schedule(ctx context.Context) error {
+	s := l.s
+	var pending []*api.Instance
+	for _, in := range s.instances {
+		if in.Spec.Node == "" && in.Spec.Desired != api.DesiredStopped {
+			pending = append(pending, in)
+		}
+	}
+	fresh := make(map[*api.Instance]bool, len(l.fresh))
+	for _, in := range l.fresh {
+		fresh[in] = true
+		pending = append(pending, in)
+	}
+	l.fresh = nil
+	if len(pending) == 0 {
+		return nil
+	}
+	sort.Slice(pending, func(i, j int) bool {
+		if !pending[i].Created.Equal(pending[j].Created) {
+			return pending[i].Created.Before(pending[j].Created)
+		}
+		return key(&pending[i].Meta) < key(&pending[j].Meta)
+	})
+	table := l.table()
+	b := max(l.cfg.Batch, 1)
+	var prev, next []*api.Instance
+	touched := map[string]bool{}
+	flush := func() error {
+		if len(next) == 0 {
+			return nil
+		}
+		var cmps []clientv3.Cmp
+		var ops []clientv3.Op
+		for i := range next {
+			cmps, ops = l.instanceWrite(cmps, ops, prev[i], next[i])
+		}
+		for n := range touched {
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(l.st.AllocKey(n)), "=", s.alloc[n]))
+			ops = append(ops, clientv3.OpPut(l.st.AllocKey(n), ""))
+		}
+		rev, err := l.txn(ctx, "place instances", cmps, ops)
+		if err != nil {
+			return err
+		}
+		for _, in := range next {
+			in.ResourceVersion = rev
+			s.instances[key(&in.Meta)] = in
+		}
+		for n := range touched {
+			s.alloc[n] = rev
+		}
+		prev, next, touched = nil, nil, map[string]bool{}
+		return nil
+	}
+	var unplaced, unprev []*api.Instance
+	for _, in := range pending {
+		was := in
+		if fresh[in] {
+			was = nil
+		}
+		r := scheduler.RequestFor(in)
+		i, why := scheduler.Place(table, r, l.start, l.cfg.Candidates)
+		if i < 0 {
+			if was == nil || in.Status.Reason != why || in.Status.Phase != api.PhasePending {
+				c := copyInstance(in)
+				c.Status.Phase, c.Status.Reason = api.PhasePending, why
+				unprev, unplaced = append(unprev, was), append(unplaced, c)
+			}
+			continue
+		}
+		l.start = (i + 1) % len(table.Nodes)
+		table.Assign(i, r)
+		node := table.Nodes[i].Name
+		c := copyInstance(in)
+		c.Spec.Node = node
+		c.Status = api.InstanceStatus{Phase: api.PhasePlaced, Restarts: in.Status.Restarts, CrashLoop: in.Status.CrashLoop}
+		prev, next = append(prev, was), append(next, c)
+		touched[node] = true
+		if len(next) >= b {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return err
+	}
+	return l.writeInstances(ctx, "record unschedulable instances", unprev, unplaced)
+}
+
+// table builds the scheduler's node table from the mirror.
+func (l *Loop) table() *scheduler.Table {
+	s := l.s
+	names := sortedKeys(s.nodes)
+	nodes := make([]*scheduler.Node, len(names))
+	index := make(map[string]int, len(names))
+	for i, name := range names {
+		n := s.nodes[name]
+		nodes[i] = &scheduler.Node{Name: name, Labels: n.Labels, Ready: s.alive[name], Unschedulable: n.Spec.Unschedulable || n.Spec.Drain,
+			Capacity: n.Spec.Capacity, HostPorts: map[string]bool{}, Services: map[string]int{}}
+		index[name] = i
+	}
+	t := scheduler.NewTable(nodes)
+	for _, in := range s.instances {
+		if i, ok := index[in.Spec.Node]; ok {
+			t.Assign(i, scheduler.RequestFor(in))
+		}
+	}
+	return t
+}
+
+// eventTTL is how long events are kept: they hang off a lease, so etcd
+// forgets them without a sweeper.
+const eventTTL = time.Hour
+
+// record writes an Event for people to read; failing to is logged, never
+// fatal to the cycle.
+func (l *Loop) record(ctx context.Context, tenant, object, typ, reason, msg string) {
+	now := l.cfg.Now()
+	if l.evLease == 0 || now.After(l.evLeaseEnd) {
+		g, err := l.st.Client().Grant(ctx, int64(eventTTL/time.Second))
+		if err != nil {
+			l.cfg.Log.Warn("grant event lease", "err", err)
+			return
+		}
+		// Events written near the end of a lease's life would vanish early;
+		// a new lease is taken after half of it.
+		l.evLease, l.evLeaseEnd = g.ID, now.Add(eventTTL/2)
+	}
+	ev := &api.Event{Meta: api.Meta{Name: strings.ToLower(reason) + "-" + l.suffix(), Tenant: tenant, Created: now.UTC()},
+		Object: object, Type: typ, Reason: reason, Message: msg, Time: now.UTC()}
+	if len(ev.Message) > 4096 {
+		ev.Message = ev.Message[:4096]
+	}
+	ops := []clientv3.Op{clientv3.OpPut(l.st.Key(api.KindEvent, tenant, ev.Name), encode(ev), clientv3.WithLease(l.evLease))}
+	if _, err := l.st.Client().Txn(ctx).Then(ops...).Commit(); err != nil {
+		l.cfg.Log.Warn("record event", "reason", reason, "err", err)
+	}
+}
+
+// NewRand returns a seeded pseudo-random reader for names, for tests.
+func NewRand(seed uint64) io.Reader { return rand.NewChaCha8(seedBytes(seed)) }
+
+func seedBytes(seed uint64) [32]byte {
+	var b [32]byte
+	for i := 0; i < 8; i++ {
+		b[i] = byte(seed >> (8 * i))
+	}
+	return b
+}

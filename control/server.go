@@ -1,0 +1,732 @@
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/berth-dev/berth/api"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Config is what a Server needs; every dependency is passed in.
+type Config struct {
+	Store *Store
+	Log   *slog.Logger
+	Now   func() time.Time
+	Rand  io.Reader
+	// NodeTTL is the liveness lease of a node (3 s unless set).
+	NodeTTL time.Duration
+}
+
+// Server serves the /v1 API.
+type Server struct {
+	cfg  Config
+	st   *Store
+	auth *authenticator
+	mux  *http.ServeMux
+
+	keep   *keeper
+	cancel context.CancelFunc
+
+	mu sync.Mutex
+	// leases caches node name → lease ID; guarded by mu.
+	leases map[string]clientv3.LeaseID
+}
+
+// NewServer returns the API handler.
+func NewServer(cfg Config) *Server {
+	if cfg.NodeTTL == 0 {
+		cfg.NodeTTL = 3 * time.Second
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{cfg: cfg, st: cfg.Store, leases: map[string]clientv3.LeaseID{}, cancel: cancel,
+		keep: newKeeper(ctx, cfg.Store.Client(), cfg.Now),
+		auth: &authenticator{store: cfg.Store, now: cfg.Now, cache: map[string]cachedPrincipal{}}}
+	m := http.NewServeMux()
+	m.HandleFunc("GET /v1/{kind}", s.handleList)
+	m.HandleFunc("POST /v1/{kind}", s.handleCreate)
+	m.HandleFunc("GET /v1/{kind}/{name}", s.handleGet)
+	m.HandleFunc("PUT /v1/{kind}/{name}", s.handleUpdate)
+	m.HandleFunc("DELETE /v1/{kind}/{name}", s.handleDelete)
+	m.HandleFunc("GET /v1/tenants/{tenant}/{kind}", s.handleList)
+	m.HandleFunc("POST /v1/tenants/{tenant}/{kind}", s.handleCreate)
+	m.HandleFunc("GET /v1/tenants/{tenant}/{kind}/{name}", s.handleGet)
+	m.HandleFunc("PUT /v1/tenants/{tenant}/{kind}/{name}", s.handleUpdate)
+	m.HandleFunc("DELETE /v1/tenants/{tenant}/{kind}/{name}", s.handleDelete)
+	m.HandleFunc("PUT /v1/tenants/{tenant}/instances/{name}/status", s.handleStatus)
+	m.HandleFunc("POST /v1/tenants/{tenant}/instances/{name}/move", s.handleMove)
+	m.HandleFunc("POST /v1/nodes/{name}/register", s.handleRegister)
+	m.HandleFunc("POST /v1/nodes/{name}/heartbeat", s.handleHeartbeat)
+	m.HandleFunc("POST /v1/nodes/{name}/drain", s.handleDrain)
+	m.HandleFunc("GET /v1/nodes/{name}/instances", s.handleNodeInstances)
+	m.HandleFunc("POST /v1/addressblocks/{name}/claim", s.handleClaim)
+	m.HandleFunc("POST /v1/addressblocks/{name}/release", s.handleClaim)
+	s.mux = m
+	return s
+}
+
+// Close stops renewing node leases; the HTTP server around s should be
+// shut down first.
+func (s *Server) Close() { s.cancel() }
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, api.MaxBodyBytes)
+	s.mux.ServeHTTP(w, r)
+}
+
+func (s *Server) fail(w http.ResponseWriter, err error) {
+	e := api.AsError(err)
+	if errors.Is(err, context.Canceled) {
+		return
+	}
+	if e.Code >= 500 {
+		s.cfg.Log.Error("request failed", "err", err)
+	}
+	writeJSON(w, e.Code, e)
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// target parses kind, tenant and name from the path and authorizes verb.
+func (s *Server) target(r *http.Request, verb string) (Principal, api.Kind, string, string, error) {
+	p, err := s.auth.authenticate(r.Context(), r)
+	if err != nil {
+		return p, "", "", "", err
+	}
+	k := api.Kind(r.PathValue("kind"))
+	tenant, name := r.PathValue("tenant"), r.PathValue("name")
+	if !k.Valid() || k == api.KindTenant && tenant != "" {
+		return p, "", "", "", api.Errorf(http.StatusNotFound, "no such collection %q", k)
+	}
+	if k.TenantScoped() && tenant == "" && name != "" {
+		return p, "", "", "", api.Errorf(http.StatusNotFound, "%s live in a tenant: /v1/tenants/TENANT/%s/%s", k, k, name)
+	}
+	if !k.TenantScoped() && tenant != "" {
+		return p, "", "", "", api.Errorf(http.StatusNotFound, "%s are not tenant-scoped: /v1/%s", k, k)
+	}
+	if err := authorize(p, verb, k, tenant, name); err != nil {
+		return p, "", "", "", err
+	}
+	return p, k, tenant, name, nil
+}
+
+func (s *Server) handleGet(w http.ResponseWriter, r *http.Request) {
+	_, k, tenant, name, err := s.target(r, verbRead)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	o, err := s.st.Get(r.Context(), k, tenant, name)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, redact(o))
+}
+
+// redact hides what the store keeps but no client may read back.
+func redact(o api.Object) api.Object {
+	if t, ok := o.(*api.Token); ok {
+		t.SecretHash, t.Secret = "", ""
+	}
+	return o
+}
+
+func (s *Server) handleList(w http.ResponseWriter, r *http.Request) {
+	_, k, tenant, _, err := s.target(r, verbRead)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	sel, err := api.ParseSelector(r.URL.Query().Get("labels"))
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	if r.URL.Query().Get("watch") != "" {
+		s.watch(w, r, k, s.st.KindPrefix(k, tenant), sel)
+		return
+	}
+	items, rev, err := s.st.List(r.Context(), k, tenant, sel)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	for _, o := range items {
+		redact(o)
+	}
+	writeJSON(w, http.StatusOK, api.List[api.Object]{Revision: rev, Items: items})
+}
+
+// watch streams changes under prefix after ?revision= as NDJSON, with
+// periodic bookmarks so a resumed watch starts near the present.
+func (s *Server) watch(w http.ResponseWriter, r *http.Request, k api.Kind, prefix string, sel api.Selector) {
+	rev, err := strconv.ParseInt(r.URL.Query().Get("revision"), 10, 64)
+	if err != nil && r.URL.Query().Get("revision") != "" || rev < 0 {
+		s.fail(w, &api.FieldError{Field: "revision", Message: "must be a non-negative integer"})
+		return
+	}
+	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(r.Context()))
+	defer cancel()
+	opts := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithPrevKV(), clientv3.WithProgressNotify()}
+	if rev > 0 {
+		opts = append(opts, clientv3.WithRev(rev+1))
+	}
+	wch := s.st.Client().Watch(ctx, prefix, opts...)
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	fl, _ := w.(http.Flusher)
+	if fl != nil {
+		fl.Flush()
+	}
+	enc := json.NewEncoder(w)
+	for resp := range wch {
+		if err := resp.Err(); err != nil {
+			code := http.StatusInternalServerError
+			if errors.Is(err, rpctypes.ErrCompacted) {
+				code = http.StatusGone
+			}
+			b, _ := json.Marshal(api.Errorf(code, "watch: %v", err))
+			_ = enc.Encode(api.WatchEvent{Type: "ERROR", Object: b})
+			return
+		}
+		if resp.IsProgressNotify() {
+			_ = enc.Encode(api.WatchEvent{Type: "BOOKMARK", Revision: resp.Header.Revision})
+		}
+		for _, ev := range resp.Events {
+			we := api.WatchEvent{Revision: ev.Kv.ModRevision}
+			value := ev.Kv.Value
+			switch {
+			case ev.Type == clientv3.EventTypeDelete:
+				we.Type = api.Deleted
+				if ev.PrevKv == nil {
+					continue
+				}
+				value = ev.PrevKv.Value
+			case ev.IsCreate():
+				we.Type = api.Added
+			default:
+				we.Type = api.Modified
+			}
+			o, err := Decode(k, value, ev.Kv.ModRevision)
+			if err != nil || !sel.Matches(o.GetMeta().Labels) {
+				continue
+			}
+			we.Object, _ = json.Marshal(redact(o))
+			if err := enc.Encode(we); err != nil {
+				return
+			}
+		}
+		if fl != nil {
+			fl.Flush()
+		}
+	}
+}
+
+func (s *Server) decodeObject(r *http.Request, k api.Kind, tenant string) (api.Object, error) {
+	o := api.New(k)
+	if err := api.Decode(r.Body, api.MaxBodyBytes, o); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, api.Errorf(http.StatusRequestEntityTooLarge, "body larger than %d bytes", api.MaxBodyBytes)
+		}
+		return nil, err
+	}
+	m := o.GetMeta()
+	if k.TenantScoped() {
+		if m.Tenant == "" {
+			m.Tenant = tenant
+		}
+		if m.Tenant != tenant {
+			return nil, &api.FieldError{Field: "tenant", Message: fmt.Sprintf("%q does not match the path's tenant %q", m.Tenant, tenant)}
+		}
+	}
+	return o, nil
+}
+
+func (s *Server) handleCreate(w http.ResponseWriter, r *http.Request) {
+	p, k, tenant, _, err := s.target(r, verbWrite)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	if k.TenantScoped() && tenant == "" {
+		s.fail(w, api.Errorf(http.StatusNotFound, "create %s under /v1/tenants/TENANT/%s", k, k))
+		return
+	}
+	o, err := s.decodeObject(r, k, tenant)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	m := o.GetMeta()
+	m.Created = s.cfg.Now().UTC()
+	var secret string
+	switch v := o.(type) {
+	case *api.Token:
+		if p.Role != api.RoleAdmin && (v.Role == api.RoleAdmin || v.Role == api.RoleNode) {
+			s.fail(w, api.Errorf(http.StatusForbidden, "only admins make %s tokens", v.Role))
+			return
+		}
+		if err := api.Validate(v); err != nil {
+			s.fail(w, err)
+			return
+		}
+		if secret, err = NewSecret(s.cfg.Rand, v.Tenant, v.Name); err != nil {
+			s.fail(w, err)
+			return
+		}
+		v.Secret, v.SecretHash = "", hashSecret(secret)
+	case *api.Service:
+		v.Status = api.ServiceStatus{}
+	case *api.Instance:
+		if v.Spec.Node != "" {
+			s.fail(w, &api.FieldError{Field: "spec.node", Message: "set by the scheduler; use spec.pin to choose a node"})
+			return
+		}
+		if v.Spec.Service != "" {
+			s.fail(w, &api.FieldError{Field: "spec.service", Message: "set by the service controller; create a service instead"})
+			return
+		}
+		prepareInstance(v)
+	case *api.Node:
+		v.Status = api.NodeStatus{Phase: api.NodeNotReady}
+	}
+	if err := api.Validate(o); err != nil {
+		s.fail(w, err)
+		return
+	}
+	if k.TenantScoped() {
+		if _, err := s.st.Get(r.Context(), api.KindTenant, "", tenant); err != nil {
+			if api.IsNotFound(err) {
+				err = api.Errorf(http.StatusNotFound, "tenant %q not found", tenant)
+			}
+			s.fail(w, err)
+			return
+		}
+	}
+	if err := s.st.Create(r.Context(), o); err != nil {
+		s.fail(w, err)
+		return
+	}
+	if t, ok := o.(*api.Token); ok {
+		t.Secret, t.SecretHash = secret, ""
+	}
+	writeJSON(w, http.StatusCreated, o)
+}
+
+func prepareInstance(v *api.Instance) {
+	if v.Spec.Desired == "" {
+		v.Spec.Desired = api.DesiredRunning
+	}
+	v.Spec.TemplateHash = v.Spec.Template.Hash()
+	v.Spec.RestartGeneration = 0
+	v.Status = api.InstanceStatus{Phase: api.PhasePending}
+}
+
+func (s *Server) handleUpdate(w http.ResponseWriter, r *http.Request) {
+	_, k, tenant, name, err := s.target(r, verbWrite)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	o, err := s.decodeObject(r, k, tenant)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	m := o.GetMeta()
+	if m.Name != name {
+		s.fail(w, &api.FieldError{Field: "name", Message: fmt.Sprintf("%q does not match the path's %q", m.Name, name)})
+		return
+	}
+	if m.ResourceVersion == 0 {
+		s.fail(w, &api.FieldError{Field: "resourceVersion", Message: "required on update (read the object first)"})
+		return
+	}
+	if err := api.Validate(o); err != nil {
+		s.fail(w, err)
+		return
+	}
+	prev, err := s.st.Get(r.Context(), k, tenant, name)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	if prev.GetMeta().ResourceVersion != m.ResourceVersion {
+		s.fail(w, api.Errorf(http.StatusConflict, "%s %q is at version %d, not %d: read it again and retry", k, name, prev.GetMeta().ResourceVersion, m.ResourceVersion))
+		return
+	}
+	m.Created = prev.GetMeta().Created
+	// Status and control-plane-owned fields are kept as stored.
+	switch v := o.(type) {
+	case *api.Service:
+		v.Status = prev.(*api.Service).Status
+	case *api.Instance:
+		pv := prev.(*api.Instance)
+		v.Status = pv.Status
+		v.Spec.Node, v.Spec.RestartGeneration, v.Spec.Service = pv.Spec.Node, pv.Spec.RestartGeneration, pv.Spec.Service
+		v.Spec.TemplateHash = v.Spec.Template.Hash()
+	case *api.Node:
+		v.Status = prev.(*api.Node).Status
+	case *api.Token:
+		pt := prev.(*api.Token)
+		v.SecretHash, v.Secret, v.Role, v.Node = pt.SecretHash, "", pt.Role, pt.Node
+	case *api.AddressBlock:
+		v.Node = prev.(*api.AddressBlock).Node
+	}
+	if err := s.st.Update(r.Context(), o, prev); err != nil {
+		s.fail(w, err)
+		return
+	}
+	if t, ok := o.(*api.Token); ok {
+		t.SecretHash = ""
+	}
+	writeJSON(w, http.StatusOK, o)
+}
+
+func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request) {
+	_, k, tenant, name, err := s.target(r, verbWrite)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	var rv int64
+	if q := r.URL.Query().Get("resourceVersion"); q != "" {
+		if rv, err = strconv.ParseInt(q, 10, 64); err != nil {
+			s.fail(w, &api.FieldError{Field: "resourceVersion", Message: "must be an integer"})
+			return
+		}
+	}
+	if k == api.KindTenant && name == api.SystemTenant {
+		s.fail(w, api.Errorf(http.StatusForbidden, "the system tenant cannot be deleted"))
+		return
+	}
+	o, err := s.st.Get(r.Context(), k, tenant, name)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	if rv != 0 && o.GetMeta().ResourceVersion != rv {
+		s.fail(w, api.Errorf(http.StatusConflict, "%s %q is at version %d, not %d", k, name, o.GetMeta().ResourceVersion, rv))
+		return
+	}
+	if k == api.KindTenant {
+		// A tenant goes only when empty, so nothing is orphaned.
+		for _, tk := range []api.Kind{api.KindService, api.KindInstance} {
+			items, _, err := s.st.List(r.Context(), tk, name, nil)
+			if err != nil {
+				s.fail(w, err)
+				return
+			}
+			if len(items) > 0 {
+				s.fail(w, api.Errorf(http.StatusConflict, "tenant %q still has %d %s", name, len(items), tk))
+				return
+			}
+		}
+	}
+	if err := s.st.Delete(r.Context(), o); err != nil {
+		s.fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// nodeCaller authenticates a node endpoint: an admin, or the node's own token.
+func (s *Server) nodeCaller(r *http.Request) (Principal, string, error) {
+	p, err := s.auth.authenticate(r.Context(), r)
+	if err != nil {
+		return p, "", err
+	}
+	name := r.PathValue("name")
+	if err := api.ValidName(name); err != nil {
+		return p, "", &api.FieldError{Field: "name", Message: err.Error()}
+	}
+	if p.Role != api.RoleAdmin && !(p.Role == api.RoleNode && p.Node == name) {
+		return p, "", api.Errorf(http.StatusForbidden, "token %s may not act as node %s", p.Token, name)
+	}
+	return p, name, nil
+}
+
+func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
+	_, name, err := s.nodeCaller(r)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	var reg api.Registration
+	if err := api.Decode(r.Body, api.MaxBodyBytes, &reg); err != nil {
+		s.fail(w, err)
+		return
+	}
+	ctx := r.Context()
+	ttl := int64(s.cfg.NodeTTL / time.Second)
+	lease, err := s.st.Client().Grant(ctx, max(ttl, 1))
+	if err != nil {
+		s.fail(w, fmt.Errorf("grant lease for node %s: %w", name, err))
+		return
+	}
+	for attempt := 0; ; attempt++ {
+		prev, err := s.st.Get(ctx, api.KindNode, "", name)
+		if err != nil && !api.IsNotFound(err) {
+			s.fail(w, err)
+			return
+		}
+		n := &api.Node{Meta: api.Meta{Name: name, Labels: reg.Labels, Created: s.cfg.Now().UTC()}, Spec: reg.Spec}
+		if prev != nil {
+			pn := prev.(*api.Node)
+			n.Created, n.ResourceVersion = pn.Created, pn.ResourceVersion
+			n.Spec.Unschedulable, n.Spec.Drain = pn.Spec.Unschedulable, pn.Spec.Drain
+		}
+		n.Status = api.NodeStatus{Phase: api.NodeReady, Lease: int64(lease.ID), LeaseTTL: lease.TTL, LastHeartbeat: s.cfg.Now().UTC()}
+		if n.Spec.Drain {
+			n.Status.Phase = api.NodeDraining
+		}
+		if err := api.Validate(n); err != nil {
+			s.fail(w, err)
+			return
+		}
+		cmps := []clientv3.Cmp{s.st.Unchanged(n)}
+		ops := append(s.st.PutOps(n, prev), clientv3.OpPut(s.st.AliveKey(name), strconv.FormatInt(int64(lease.ID), 10), clientv3.WithLease(lease.ID)))
+		_, err = s.st.Txn(ctx, "register node "+name, cmps, ops)
+		if err == nil {
+			break
+		}
+		if !api.IsConflict(err) || attempt > 10 {
+			s.fail(w, err)
+			return
+		}
+	}
+	s.mu.Lock()
+	s.leases[name] = lease.ID
+	s.mu.Unlock()
+	writeJSON(w, http.StatusOK, api.Lease{ID: int64(lease.ID), TTL: lease.TTL})
+}
+
+// handleHeartbeat renews the lease the node was given at registration. The
+// node names its lease, so a node that re-registered through another server
+// renews its new lease, never a stale one this server remembers.
+func (s *Server) handleHeartbeat(w http.ResponseWriter, r *http.Request) {
+	_, name, err := s.nodeCaller(r)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	var l api.Lease
+	if err := api.Decode(r.Body, api.MaxBodyBytes, &l); err != nil {
+		s.fail(w, err)
+		return
+	}
+	id := clientv3.LeaseID(l.ID)
+	s.mu.Lock()
+	known := s.leases[name] == id
+	s.mu.Unlock()
+	if !known {
+		o, err := s.st.Get(r.Context(), api.KindNode, "", name)
+		if err != nil {
+			s.fail(w, err)
+			return
+		}
+		if clientv3.LeaseID(o.(*api.Node).Status.Lease) != id {
+			s.fail(w, api.Errorf(http.StatusGone, "lease %x is not node %s's current lease: register again", l.ID, name))
+			return
+		}
+		s.mu.Lock()
+		s.leases[name] = id
+		s.mu.Unlock()
+	}
+	// The node heartbeats every third of its TTL; renewing for half a TTL
+	// past each heartbeat forgives one late beat, and a node that stops is
+	// declared dead at most 1.5 TTL after its last one.
+	ttl := max(int64(s.cfg.NodeTTL/time.Second), 1)
+	if err := s.keep.beat(r.Context(), id, time.Duration(ttl)*time.Second/2); err != nil {
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			s.fail(w, api.Errorf(http.StatusGone, "lease of node %s expired: register again", name))
+			return
+		}
+		s.fail(w, fmt.Errorf("renew lease of node %s: %w", name, err))
+		return
+	}
+	writeJSON(w, http.StatusOK, api.Lease{ID: l.ID, TTL: ttl})
+}
+
+func (s *Server) handleNodeInstances(w http.ResponseWriter, r *http.Request) {
+	_, name, err := s.nodeCaller(r)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	if r.URL.Query().Get("watch") != "" {
+		s.watch(w, r, api.KindInstance, s.st.NodePrefix(name), nil)
+		return
+	}
+	items, rev, err := s.st.ListPrefix(r.Context(), api.KindInstance, s.st.NodePrefix(name), nil)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, api.List[api.Object]{Revision: rev, Items: items})
+}
+
+func (s *Server) handleDrain(w http.ResponseWriter, r *http.Request) {
+	p, err := s.auth.authenticate(r.Context(), r)
+	if err == nil && p.Role != api.RoleAdmin {
+		err = api.Errorf(http.StatusForbidden, "only admins drain nodes")
+	}
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	o, err := s.st.Modify(r.Context(), api.KindNode, "", r.PathValue("name"), func(o api.Object) error {
+		n := o.(*api.Node)
+		n.Spec.Drain = true
+		if n.Status.Phase == api.NodeReady {
+			n.Status.Phase = api.NodeDraining
+		}
+		return nil
+	})
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, o)
+}
+
+func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
+	p, err := s.auth.authenticate(r.Context(), r)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	tenant, name := r.PathValue("tenant"), r.PathValue("name")
+	if p.Role != api.RoleAdmin && p.Role != api.RoleNode {
+		s.fail(w, api.Errorf(http.StatusForbidden, "only node agents report instance status"))
+		return
+	}
+	var st api.InstanceStatus
+	if err := api.Decode(r.Body, api.MaxBodyBytes, &st); err != nil {
+		s.fail(w, err)
+		return
+	}
+	if st.Restarts < 0 {
+		s.fail(w, &api.FieldError{Field: "restarts", Message: "must not be negative"})
+		return
+	}
+	switch st.Phase {
+	case api.PhasePlaced, api.PhaseRunning, api.PhaseExited, api.PhaseFailed:
+	default:
+		s.fail(w, &api.FieldError{Field: "phase", Message: fmt.Sprintf("an agent reports placed, running, exited or failed, not %q", st.Phase)})
+		return
+	}
+	o, err := s.st.Modify(r.Context(), api.KindInstance, tenant, name, func(o api.Object) error {
+		in := o.(*api.Instance)
+		if p.Role == api.RoleNode && in.Spec.Node != p.Node {
+			return api.Errorf(http.StatusForbidden, "instance %s/%s is not placed on node %s", tenant, name, p.Node)
+		}
+		// Crash-looping is the health manager's verdict, not the agent's.
+		st.CrashLoop = in.Status.CrashLoop
+		st.ObservedNode = in.Spec.Node
+		in.Status = st
+		return nil
+	})
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, o)
+}
+
+func (s *Server) handleMove(w http.ResponseWriter, r *http.Request) {
+	p, err := s.auth.authenticate(r.Context(), r)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	tenant, name := r.PathValue("tenant"), r.PathValue("name")
+	if err := authorize(p, verbWrite, api.KindInstance, tenant, name); err != nil {
+		s.fail(w, err)
+		return
+	}
+	var mv api.Move
+	if err := api.Decode(r.Body, api.MaxBodyBytes, &mv); err != nil {
+		s.fail(w, err)
+		return
+	}
+	if err := api.ValidName(mv.Node); err != nil {
+		s.fail(w, &api.FieldError{Field: "node", Message: err.Error()})
+		return
+	}
+	if _, err := s.st.Get(r.Context(), api.KindNode, "", mv.Node); err != nil {
+		s.fail(w, err)
+		return
+	}
+	o, err := s.st.Modify(r.Context(), api.KindInstance, tenant, name, func(o api.Object) error {
+		in := o.(*api.Instance)
+		in.Spec.Pin, in.Spec.Node = mv.Node, ""
+		in.Status.Phase, in.Status.Reason = api.PhasePending, "moving to node "+mv.Node
+		return nil
+	})
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, o)
+}
+
+// handleClaim claims or releases an address block, transactionally: a block
+// is held by at most one node.
+func (s *Server) handleClaim(w http.ResponseWriter, r *http.Request) {
+	p, err := s.auth.authenticate(r.Context(), r)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	var c api.Claim
+	if err := api.Decode(r.Body, api.MaxBodyBytes, &c); err != nil {
+		s.fail(w, err)
+		return
+	}
+	if err := api.ValidName(c.Node); err != nil {
+		s.fail(w, &api.FieldError{Field: "node", Message: err.Error()})
+		return
+	}
+	if p.Role != api.RoleAdmin && !(p.Role == api.RoleNode && p.Node == c.Node) {
+		s.fail(w, api.Errorf(http.StatusForbidden, "token %s may not claim blocks for node %s", p.Token, c.Node))
+		return
+	}
+	release := r.URL.Path[len(r.URL.Path)-len("release"):] == "release"
+	name := r.PathValue("name")
+	o, err := s.st.Modify(r.Context(), api.KindAddressBlock, "", name, func(o api.Object) error {
+		b := o.(*api.AddressBlock)
+		switch {
+		case release && b.Node != c.Node:
+			return api.Errorf(http.StatusConflict, "block %s is held by %q, not %s", name, b.Node, c.Node)
+		case release:
+			b.Node = ""
+		case b.Node != "" && b.Node != c.Node:
+			return api.Errorf(http.StatusConflict, "block %s is held by node %s", name, b.Node)
+		default:
+			b.Node = c.Node
+		}
+		return nil
+	})
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, o)
+}
