@@ -31,6 +31,7 @@ func newRootCmd() *cobra.Command {
 		newSystemCmd(),
 		newLoginCmd(),
 		newServerCmd(),
+		newUpCmd(),
 		newServiceCmd(),
 		newNodeCmd(),
 		newTokenCmd(),

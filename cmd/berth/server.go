@@ -83,28 +83,12 @@ func newServerCmd() *cobra.Command {
 			}()
 			handler := control.NewServer(control.Config{Store: st, Log: log, Now: time.Now, Rand: rand.Reader, NodeTTL: nodeTTL})
 			defer handler.Close()
-			srv := &http.Server{Handler: handler,
-				ReadHeaderTimeout: 10 * time.Second, TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12}}
-			// Cleartext HTTP/2 as well as HTTP/1.1: an agent's watch and its
-			// reports can share one connection.
-			srv.Protocols = &http.Protocols{}
-			srv.Protocols.SetHTTP1(true)
-			srv.Protocols.SetUnencryptedHTTP2(true)
 			ln, err := net.Listen("tcp", listen)
 			if err != nil {
 				return fmt.Errorf("listen on %s: %w", listen, err)
 			}
 			log.Info("serving the API", "addr", ln.Addr().String(), "admin-token-file", filepath.Join(dataDir, "admin-token"))
-			go func() {
-				<-ctx.Done()
-				sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				defer cancel()
-				_ = srv.Shutdown(sctx)
-			}()
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				return fmt.Errorf("serve API: %w", err)
-			}
-			return nil
+			return serveAPI(ctx, handler, ln)
 		},
 	}
 	f := cmd.Flags()
@@ -120,6 +104,30 @@ func newServerCmd() *cobra.Command {
 	f.StringVar(&etcdListen, "etcd-listen", "http://127.0.0.1:2379", "client URL of the embedded etcd")
 	f.IntVar(&batch, "batch", 1000, "instances written per etcd transaction (25 with --etcd-endpoints unless set)")
 	return cmd
+}
+
+// serveAPI serves handler on ln until ctx ends, then shuts down gracefully.
+func serveAPI(ctx context.Context, handler http.Handler, ln net.Listener) error {
+	srv := &http.Server{Handler: handler,
+		ReadHeaderTimeout: 10 * time.Second, TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12}}
+	// Cleartext HTTP/2 as well as HTTP/1.1: an agent's watch and its
+	// reports can share one connection.
+	srv.Protocols = &http.Protocols{}
+	srv.Protocols.SetHTTP1(true)
+	srv.Protocols.SetUnencryptedHTTP2(true)
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve API: %w", err)
+	}
+	<-stopped
+	return nil
 }
 
 // adminSecret returns the given token or the one kept in the data

@@ -1,0 +1,183 @@
+package agent
+
+import (
+	"fmt"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/berth-dev/berth/api"
+)
+
+// Labels the node loop puts on the containers it runs, so that after a
+// restart it finds which container is which instance without any state of
+// its own.
+const (
+	LabelNode     = "berth.dev/node"
+	LabelTenant   = "berth.dev/tenant"
+	LabelInstance = "berth.dev/instance"
+	LabelTemplate = "berth.dev/template"
+)
+
+// InstanceContainerName is the agent container name of an instance: unique
+// per tenant and instance, and readable in `ps`.
+func InstanceContainerName(tenant, name string) string { return tenant + "_" + name }
+
+// InstanceSpec turns an instance placed on node into what the agent runs.
+// network is the node's network ("" or "none": loopback only).
+//
+// The restart policy is deliberately not handed to the agent: the control
+// plane's health manager owns restarts (back-off, crash-loop verdicts,
+// rescheduling) and asks for one by raising the restart generation, so the
+// container runs with "no" and every exit is reported.
+func InstanceSpec(in *api.Instance, node, network string) (ContainerSpec, error) {
+	t := in.Spec.Template
+	s := ContainerSpec{
+		Name:    InstanceContainerName(in.Tenant, in.Name),
+		Image:   t.Image,
+		Tenant:  in.Tenant,
+		Memory:  t.Resources.Memory,
+		CPUs:    float64(t.Resources.CPU) / 1000,
+		Network: network,
+		Restart: RestartPolicy{Name: "no"},
+		Labels:  map[string]string{},
+	}
+	if len(t.Command) > 0 {
+		s.Cmd = slices.Clone(t.Command)
+	}
+	keys := make([]string, 0, len(t.Env))
+	for k := range t.Env {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		s.Env = append(s.Env, k+"="+t.Env[k])
+	}
+	for k, v := range t.Labels {
+		s.Labels[k] = v
+	}
+	s.Labels[LabelNode] = node
+	s.Labels[LabelTenant] = in.Tenant
+	s.Labels[LabelInstance] = in.Name
+	s.Labels[LabelTemplate] = templateHash(in)
+	for i, p := range t.Ports {
+		if p.HostPort == 0 {
+			// Only a declaration of what the container listens on.
+			continue
+		}
+		if network == "" || network == "none" {
+			return s, fmt.Errorf("ports[%d]: host port %d needs a network, and this node runs containers with network none", i, p.HostPort)
+		}
+		if p.Port < 1 || p.Port > 65535 || p.HostPort < 1 || p.HostPort > 65535 {
+			return s, fmt.Errorf("ports[%d]: %d:%d out of range", i, p.HostPort, p.Port)
+		}
+		s.Ports = append(s.Ports, PortMapping{HostPort: uint16(p.HostPort), ContainerPort: uint16(p.Port), Proto: p.Protocol})
+	}
+	if h := t.Health; h != nil {
+		s.Health = &HealthCheck{Cmd: slices.Clone(h.Command), HTTPPath: h.HTTPPath, Port: h.Port,
+			Interval: time.Duration(h.Interval), Timeout: time.Duration(h.Timeout), Retries: h.Retries}
+	}
+	if err := s.Validate(); err != nil {
+		return s, fmt.Errorf("instance %s/%s: %w", in.Tenant, in.Name, err)
+	}
+	return s, nil
+}
+
+func templateHash(in *api.Instance) string {
+	if in.Spec.TemplateHash != "" {
+		return in.Spec.TemplateHash
+	}
+	return in.Spec.Template.Hash()
+}
+
+// InstanceStatus is what the node reports for a container, restarts being
+// the restart generation the node last acted on.
+func InstanceStatus(c Container, restarts int) api.InstanceStatus {
+	st := api.InstanceStatus{Restarts: restarts, StartedAt: c.State.StartedAt}
+	switch c.State.Status {
+	case StatusCreated:
+		st.Phase = api.PhasePlaced
+	case StatusRunning:
+		st.Phase = api.PhaseRunning
+		if len(c.State.Addresses) > 0 {
+			st.IP = c.State.Addresses[0].Addr()
+		}
+		if h := c.State.Health; h != nil {
+			switch h.Status {
+			case "healthy":
+				st.Health = api.HealthHealthy
+			case "unhealthy":
+				st.Health = api.HealthUnhealthy
+			}
+		}
+	default:
+		st.Phase = api.PhaseExited
+		st.ExitCode = c.State.ExitCode
+		st.FinishedAt = c.State.FinishedAt
+		switch {
+		case c.State.OOMKilled:
+			st.Reason = "OOMKilled"
+		case c.State.Error != "":
+			st.Reason = c.State.Error
+		default:
+			st.Reason = "exited with code " + strconv.Itoa(c.State.ExitCode)
+		}
+	}
+	return st
+}
+
+// SameStatus reports whether two statuses say the same about a container
+// (times compared as instants, as they come back from the wire); the
+// control plane's own annotations are ignored.
+func SameStatus(a, b api.InstanceStatus) bool {
+	return a.Phase == b.Phase && a.Reason == b.Reason && a.ExitCode == b.ExitCode && a.Restarts == b.Restarts &&
+		a.IP == b.IP && a.Health == b.Health && a.StartedAt.Equal(b.StartedAt) && a.FinishedAt.Equal(b.FinishedAt)
+}
+
+// NodeAction is what the node does to bring one instance's container in
+// line with the instance.
+type NodeAction int
+
+// The node's actions.
+const (
+	ActNone    NodeAction = iota
+	ActCreate             // no container: create and start one
+	ActReplace            // the container runs another template: remove it, create anew
+	ActStart              // start the (created or exited) container again
+	ActRestart            // stop the running container, then start it
+	ActStop               // stop the container, keep it
+)
+
+func (a NodeAction) String() string {
+	return [...]string{"none", "create", "replace", "start", "restart", "stop"}[a]
+}
+
+// DecideInstance chooses the action for in given the container that runs
+// it (nil if none) and the restart generation last acted on.
+func DecideInstance(in *api.Instance, have *Container, acted int) NodeAction {
+	if in.Spec.Desired == api.DesiredStopped {
+		if have != nil && (have.State.Status == StatusRunning || have.State.Status == StatusRestarting) {
+			return ActStop
+		}
+		return ActNone
+	}
+	if have == nil {
+		return ActCreate
+	}
+	if have.Spec.Labels[LabelTemplate] != templateHash(in) {
+		return ActReplace
+	}
+	running := have.State.Status == StatusRunning
+	if in.Spec.RestartGeneration > acted {
+		if running {
+			return ActRestart
+		}
+		return ActStart
+	}
+	// Created and never started, or stopped because the instance was
+	// stopped and now wanted again.
+	if have.State.Status == StatusCreated || have.State.Status == StatusExited && have.State.StoppedByUser {
+		return ActStart
+	}
+	return ActNone
+}

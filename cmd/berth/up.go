@@ -1,0 +1,192 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/berth-dev/berth/agent"
+	"github.com/berth-dev/berth/api"
+	"github.com/berth-dev/berth/control"
+	"github.com/berth-dev/berth/image"
+	"github.com/berth-dev/berth/runtime"
+	"github.com/spf13/cobra"
+)
+
+// newUpCmd is the single-machine Berth: embedded etcd, the control plane
+// and this machine's node agent in one process.
+func newUpCmd() *cobra.Command {
+	var dataDir, listen, etcdListen, nodeName, network string
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Run Berth on this machine: embedded etcd, the control plane and the node agent in one process",
+		Long: `Run Berth on this machine: embedded etcd, the control plane and the node agent in one process.
+State lives under --data-dir: etcd/, admin-token, image/ (the store ` + "`berth image --root`" + ` uses),
+runtime/ and agent/. Stopping it (Ctrl-C, SIGTERM) stops the control plane but not the containers;
+starting it again adopts them.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if network != "none" {
+				return fmt.Errorf("--network %q: only none is supported by berth up yet", network)
+			}
+			log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return up(ctx, log, upConfig{dataDir: dataDir, listen: listen, etcdListen: etcdListen, node: nodeName},
+				func(addr, tokenFile string) {
+					fmt.Fprintf(cmd.OutOrStdout(), "API: http://%s\nadmin token: %s\n", addr, tokenFile)
+				})
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&dataDir, "data-dir", defaultRoot, "state directory (etcd, admin token, images, containers)")
+	f.StringVar(&listen, "listen", "127.0.0.1:7070", "API address")
+	f.StringVar(&etcdListen, "etcd-listen", "", "client URL of the embedded etcd (default: a free loopback port)")
+	f.StringVar(&nodeName, "node-name", agent.NodeName(), "this node's name")
+	f.StringVar(&network, "network", "none", "network containers are attached to (none: loopback only)")
+	return cmd
+}
+
+type upConfig struct {
+	dataDir, listen, etcdListen, node string
+}
+
+// up serves until ctx ends; ready is told the API address and the admin
+// token file once the API listens.
+func up(ctx context.Context, log *slog.Logger, cfg upConfig, ready func(addr, tokenFile string)) error {
+	if err := os.MkdirAll(cfg.dataDir, 0o711); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	rtPath, err := runtimePath()
+	if err != nil {
+		return err
+	}
+	initPath, err := besideSelf("berth-init")
+	if err != nil {
+		return err
+	}
+	e, cli, err := control.StartEtcd(control.EtcdConfig{Dir: filepath.Join(cfg.dataDir, "etcd"), ClientURL: cfg.etcdListen, Quiet: true})
+	if err != nil {
+		return err
+	}
+	defer e.Close()
+	defer cli.Close()
+	st := control.NewStore(cli, "/berth")
+	secret, err := adminSecret(cfg.dataDir, "")
+	if err != nil {
+		return err
+	}
+	if err := control.Bootstrap(ctx, st, secret, time.Now().UTC()); err != nil {
+		return err
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	// Runs before the deferred closes of the agent, API and etcd below.
+	defer wg.Wait()
+	defer cancel()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		_ = control.RunLeader(ctx, control.LoopConfig{Store: st, Log: log, Now: time.Now, Rand: rand.Reader,
+			Batch: 1000, Candidates: 64, Identity: fmt.Sprintf("%s-%d", cfg.node, os.Getpid())})
+	}()
+	handler := control.NewServer(control.Config{Store: st, Log: log, Now: time.Now, Rand: rand.Reader, NodeTTL: 3 * time.Second})
+	defer handler.Close()
+	ln, err := net.Listen("tcp", cfg.listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.listen, err)
+	}
+	addr := ln.Addr().String()
+	serveErr := make(chan error, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		serveErr <- serveAPI(ctx, handler, ln)
+	}()
+
+	images, err := image.Open(filepath.Join(cfg.dataDir, "image"), log)
+	if err != nil {
+		return err
+	}
+	rt, err := runtime.NewNative(filepath.Join(cfg.dataDir, "runtime"), log)
+	if err != nil {
+		return err
+	}
+	rt.InitPath = rtPath
+	a, err := agent.New(ctx, agent.Config{Root: filepath.Join(cfg.dataDir, "agent"), Images: images, Runtime: rt, InitPath: initPath, Log: log})
+	if err != nil {
+		return err
+	}
+	// Closing the agent stops its watches only: containers keep running.
+	defer a.Close()
+
+	admin := api.NewClient("http://"+addr, secret, nil)
+	nodeClient, err := nodeToken(ctx, admin, cfg.node)
+	if err != nil {
+		return err
+	}
+	n, err := agent.NewNode(agent.NodeConfig{Name: cfg.node, Client: nodeClient, Agent: a, Log: log})
+	if err != nil {
+		return err
+	}
+	ready(addr, filepath.Join(cfg.dataDir, "admin-token"))
+	nodeErr := make(chan error, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		nodeErr <- n.Run(ctx)
+	}()
+	select {
+	case err = <-serveErr:
+	case err = <-nodeErr:
+		if err != nil {
+			err = fmt.Errorf("node %s: %w", cfg.node, err)
+		}
+	case <-ctx.Done():
+		log.Info("stopping the control plane; containers keep running")
+	}
+	// Everything stops before the agent, API and etcd close.
+	cancel()
+	wg.Wait()
+	return err
+}
+
+// nodeToken mints a fresh node token for this process's node loop: the
+// secret lives only in memory, so a token of a previous start is replaced.
+func nodeToken(ctx context.Context, admin *api.Client, node string) (*api.Client, error) {
+	name := "node-" + node
+	if err := admin.Delete(ctx, api.KindToken, api.SystemTenant, name, 0); err != nil && !api.IsNotFound(err) {
+		return nil, fmt.Errorf("node token: %w", err)
+	}
+	tok := &api.Token{Meta: api.Meta{Name: name, Tenant: api.SystemTenant}, Role: api.RoleNode, Node: node}
+	if err := admin.Create(ctx, tok); err != nil {
+		return nil, fmt.Errorf("node token: %w", err)
+	}
+	return admin.WithToken(tok.Secret), nil
+}
+
+// besideSelf finds a helper executable beside this one, then on PATH.
+func besideSelf(name string) (string, error) {
+	if self, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(self), name)
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	p, err := exec.LookPath(name)
+	if err != nil {
+		return "", errors.New(name + " not found beside berth or on PATH: build it with hack/build.sh")
+	}
+	return p, nil
+}
