@@ -50,6 +50,11 @@ func TestLayersImportOnlyBelow(t *testing.T) {
 		if !strings.HasSuffix(path, ".go") {
 			return nil
 		}
+		// Tests may assemble a system from layers above their own (the
+		// agent's tests run a real control plane); the rule is for code.
+		if strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
 		rel, _ := filepath.Rel(root, path)
 		layer := strings.Split(filepath.ToSlash(rel), "/")[0]
 		allow, ok := allowed[layer]
