@@ -186,51 +186,6 @@ func unmountAll(dir string) error {
 	return fmt.Errorf("mounts under %s keep coming back", dir)
 }
 
-// mountOverlay mounts an overlay of lowers (top first) under upper at
-// target, one lower per fsconfig call so the layer count is not bounded
-// by a page of mount options.
-func mountOverlay(lowers []string, upper, work, target string) error {
-	fsfd, err := unix.Fsopen("overlay", unix.FSOPEN_CLOEXEC)
-	if err != nil {
-		return fmt.Errorf("open overlay: %w", err)
-	}
-	defer unix.Close(fsfd)
-	set := func(k, v string) error {
-		if err := unix.FsconfigSetString(fsfd, k, v); err != nil {
-			return fmt.Errorf("overlay option %s=%s: %w", k, v, err)
-		}
-		return nil
-	}
-	for _, l := range lowers {
-		if err := set("lowerdir+", l); err != nil {
-			return err
-		}
-	}
-	if upper != "" {
-		if err := set("upperdir", upper); err != nil {
-			return err
-		}
-		if err := set("workdir", work); err != nil {
-			return err
-		}
-	}
-	if err := set("index", "off"); err != nil {
-		return err
-	}
-	if err := unix.FsconfigCreate(fsfd); err != nil {
-		return fmt.Errorf("create overlay: %w", err)
-	}
-	mfd, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("mount overlay: %w", err)
-	}
-	defer unix.Close(mfd)
-	if err := unix.MoveMount(mfd, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
-		return fmt.Errorf("move overlay to %s: %w", target, err)
-	}
-	return nil
-}
-
 // loopbackUp brings up lo in the network namespace at path, as every
 // container, even one with network none, expects 127.0.0.1 to work. It
 // is two ioctls on a thread that visits the namespace; a thread that

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"github.com/berth-dev/berth/image"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -65,7 +66,7 @@ func testIdmappedOverlay(t *testing.T, withInit bool) {
 			t.Fatal(err)
 		}
 	}
-	if err := mountOverlay([]string{filepath.Join(dir, "mlower")}, filepath.Join(dir, "snap", "upper"), filepath.Join(dir, "snap", "work"), mapped); err != nil {
+	if err := image.MountOverlay([]string{filepath.Join(dir, "mlower")}, filepath.Join(dir, "snap", "upper"), filepath.Join(dir, "snap", "work"), mapped); err != nil {
 		t.Fatal(err)
 	}
 	if !isMountPoint(mapped) {

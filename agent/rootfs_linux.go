@@ -1,16 +1,13 @@
 package agent
 
 import (
-	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 
+	"github.com/berth-dev/berth/image"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
-	"golang.org/x/sys/unix"
 )
 
 // mountRootfs mounts the container's root filesystem at bundle/rootfs: an
@@ -22,18 +19,9 @@ func (a *Agent) mountRootfs(id string, ids IDRange) error {
 	if isMountPoint(target) {
 		return nil
 	}
-	snap := filepath.Join(a.cfg.Images.Dir(), "snapshots", id)
-	// The store's own (unshifted) mount of the snapshot is not used.
-	if err := unix.Unmount(filepath.Join(snap, "rootfs"), unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
-		return fmt.Errorf("snapshot of %s: %w", id, err)
-	}
-	var meta struct{ Layers []string }
-	b, err := os.ReadFile(filepath.Join(snap, "meta.json"))
+	parts, err := a.cfg.Images.DetachSnapshot(id)
 	if err != nil {
-		return fmt.Errorf("snapshot of %s: %w", id, err)
-	}
-	if err := json.Unmarshal(b, &meta); err != nil {
-		return fmt.Errorf("snapshot of %s: %w", id, err)
+		return err
 	}
 	layersDir := filepath.Join(a.dir(id), "layers")
 	for _, d := range []string{layersDir, target} {
@@ -47,16 +35,14 @@ func (a *Agent) mountRootfs(id string, ids IDRange) error {
 	}
 	defer ns.Close()
 	var lowers []string
-	for i := len(meta.Layers) - 1; i >= 0; i-- {
-		_, enc, _ := strings.Cut(meta.Layers[i], ":")
-		src := filepath.Join(a.cfg.Images.Dir(), "layers", enc, "fs")
+	for i := len(parts.Layers) - 1; i >= 0; i-- {
 		dst := filepath.Join(layersDir, strconv.Itoa(i))
 		if err := os.MkdirAll(dst, 0o755); err != nil {
 			return err
 		}
 		if !isMountPoint(dst) {
-			if err := idmapMount(src, dst, ns); err != nil {
-				return fmt.Errorf("layer %s of %s: %w", meta.Layers[i], id, err)
+			if err := idmapMount(parts.Layers[i], dst, ns); err != nil {
+				return fmt.Errorf("layer %d of %s: %w", i, id, err)
 			}
 		}
 		lowers = append(lowers, dst)
@@ -68,7 +54,7 @@ func (a *Agent) mountRootfs(id string, ids IDRange) error {
 		}
 		lowers = append(lowers, empty)
 	}
-	upper, work := filepath.Join(snap, "upper"), filepath.Join(snap, "work")
+	upper, work := parts.Upper, parts.Work
 	// The root directory of the container is the upper directory's: the
 	// container's root must own it.
 	if err := os.Chown(upper, int(ids.Base), int(ids.Base)); err != nil {
@@ -80,7 +66,7 @@ func (a *Agent) mountRootfs(id string, ids IDRange) error {
 	if err := os.Mkdir(work, 0o700); err != nil {
 		return err
 	}
-	return mountOverlay(lowers, upper, work, target)
+	return image.MountOverlay(lowers, upper, work, target)
 }
 
 // prepareMounts turns volumes and binds into OCI mounts. A named volume's

@@ -270,6 +270,43 @@ func (s *Store) RemoveSnapshot(containerID string) error {
 	return nil
 }
 
+// SnapshotParts are the directories a snapshot is made of, for a caller
+// that builds the overlay itself (the agent mounts each layer idmapped
+// into a container's user namespace).
+type SnapshotParts struct {
+	Layers      []string // unpacked layer directories, bottom first
+	Upper, Work string
+}
+
+// DetachSnapshot returns the parts of containerID's snapshot and unmounts
+// the store's own overlay of them, which such a caller does not use. The
+// snapshot stays (and keeps its layers from garbage collection) until
+// RemoveSnapshot.
+func (s *Store) DetachSnapshot(containerID string) (SnapshotParts, error) {
+	if !validID(containerID) {
+		return SnapshotParts{}, fmt.Errorf("snapshot %q: invalid container ID", containerID)
+	}
+	dir := s.snapshotDir(containerID)
+	m, err := s.snapshotMeta(containerID)
+	if err != nil {
+		return SnapshotParts{}, fmt.Errorf("snapshot %s: %w", containerID, err)
+	}
+	if err := unix.Unmount(filepath.Join(dir, "rootfs"), unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return SnapshotParts{}, fmt.Errorf("snapshot %s: unmount: %w", containerID, err)
+	}
+	p := SnapshotParts{Upper: filepath.Join(dir, "upper"), Work: filepath.Join(dir, "work")}
+	for _, l := range m.Layers {
+		p.Layers = append(p.Layers, filepath.Join(s.layerDir(l), "fs"))
+	}
+	return p, nil
+}
+
+// MountOverlay mounts an overlay of lowers (top first) under upper at
+// target.
+func MountOverlay(lowers []string, upper, work, target string) error {
+	return mountOverlay(lowers, upper, work, target)
+}
+
 // Snapshots lists the container IDs that have a snapshot.
 func (s *Store) Snapshots() ([]string, error) {
 	ents, err := os.ReadDir(filepath.Join(s.dir, "snapshots"))

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -96,6 +97,32 @@ func TestSnapshotIsAUsableContainerRootfs(t *testing.T) {
 	}
 	if _, err := s.Snapshot(context.Background(), img, "c1"); err == nil {
 		t.Fatal("a second snapshot with the same ID succeeded")
+	}
+	// A caller that builds the overlay itself gets the parts, and the same
+	// files through them, with the store's mount gone.
+	parts, err := s.DetachSnapshot("c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(rootfs, "keep")); !os.IsNotExist(err) {
+		t.Errorf("the store's mount is still there after DetachSnapshot: %v", err)
+	}
+	again := filepath.Join(t.TempDir(), "rootfs")
+	if err := os.Mkdir(again, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	lowers := slices.Clone(parts.Layers)
+	slices.Reverse(lowers)
+	if err := MountOverlay(lowers, parts.Upper, parts.Work, again); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(again, "tmp", "w"))
+	unix.Unmount(again, unix.MNT_DETACH)
+	if err != nil || string(b) != "written\n" || len(parts.Layers) != len(img.Config.RootFS.DiffIDs) {
+		t.Errorf("overlay of the detached parts: %q %v, %d layers", b, err, len(parts.Layers))
+	}
+	if _, err := s.DetachSnapshot("nosuch"); err == nil {
+		t.Error("DetachSnapshot of a missing snapshot succeeded")
 	}
 	for _, id := range []string{"c1", "c2"} {
 		if err := s.RemoveSnapshot(id); err != nil {
