@@ -68,15 +68,11 @@ func build(b *testing.B, dir string) (initPath, runtimePath string) {
 	return initPath, runtimePath
 }
 
-func newNode(b *testing.B) *node {
+// nodeParts makes what every benchmark node is built from: a directory,
+// the built berth-init, an image store holding busybox, and a runtime.
+func nodeParts(b *testing.B) (dir, initPath string, images *image.Store, rt *runtime.Native) {
 	b.Helper()
-	if os.Geteuid() != 0 {
-		b.Skip("needs root")
-	}
-	if err := busybox.Available(); err != nil {
-		b.Skip(err)
-	}
-	dir := testdir.World(b)
+	dir = testdir.World(b)
 	initPath, rtPath := build(b, dir)
 	images, err := image.Open(filepath.Join(dir, "images"), nil)
 	if err != nil {
@@ -88,11 +84,23 @@ func newNode(b *testing.B) *node {
 	}); err != nil {
 		b.Fatal(err)
 	}
-	rt, err := runtime.NewNative(filepath.Join(dir, "runtime"), nil)
+	rt, err = runtime.NewNative(filepath.Join(dir, "runtime"), nil)
 	if err != nil {
 		b.Fatal(err)
 	}
 	rt.InitPath = rtPath
+	return dir, initPath, images, rt
+}
+
+func newNode(b *testing.B) *node {
+	b.Helper()
+	if os.Geteuid() != 0 {
+		b.Skip("needs root")
+	}
+	if err := busybox.Available(); err != nil {
+		b.Skip(err)
+	}
+	dir, initPath, images, rt := nodeParts(b)
 	cgParent := fmt.Sprintf("/berth/bench-%d", os.Getpid())
 	a, err := agent.New(context.Background(), agent.Config{Root: filepath.Join(dir, "agent"), Images: images, Runtime: rt, InitPath: initPath, CgroupParent: cgParent})
 	if err != nil {

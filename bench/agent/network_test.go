@@ -11,7 +11,6 @@ package agent_bench
 import (
 	"context"
 	"fmt"
-	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -20,16 +19,11 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/agent"
-	"github.com/berth-dev/berth/image"
-	"github.com/berth-dev/berth/image/imagetest"
 	"github.com/berth-dev/berth/internal/busybox"
-	"github.com/berth-dev/berth/internal/testdir"
 	"github.com/berth-dev/berth/network"
 	"github.com/berth-dev/berth/network/ipam"
 	"github.com/berth-dev/berth/network/netnstest"
 	"github.com/berth-dev/berth/network/policy"
-	"github.com/berth-dev/berth/runtime"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
 // netIdleCount is how many idle containers the last sub-benchmark starts
@@ -49,23 +43,7 @@ func newNetNode(b *testing.B) *node {
 	if err := busybox.Available(); err != nil {
 		b.Skip(err)
 	}
-	dir := testdir.World(b)
-	initPath, rtPath := build(b, dir)
-	images, err := image.Open(filepath.Join(dir, "images"), nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if _, err := images.Create(context.Background(), "busybox:latest", image.NewImage{
-		Layers: []io.Reader{imagetest.BusyboxTar(b)},
-		Config: ocispec.ImageConfig{Cmd: []string{"sh"}, Env: []string{"PATH=/bin"}},
-	}); err != nil {
-		b.Fatal(err)
-	}
-	rt, err := runtime.NewNative(filepath.Join(dir, "runtime"), nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	rt.InitPath = rtPath
+	dir, initPath, images, rt := nodeParts(b)
 	host := netnstest.New(b, "bb"+netnstest.Unique()+"-host")
 	store, err := ipam.NewFileStore(filepath.Join(dir, "ipam.json"))
 	if err != nil {
