@@ -79,19 +79,10 @@ func oneID(args []string) error {
 
 func newCreateCmd(g *globals) *cobra.Command {
 	var f createFlags
-	cmd := &cobra.Command{
-		Use:   "create [flags] <container-id>",
-		Short: "create a container",
-		Args:  func(_ *cobra.Command, args []string) error { return oneID(args) },
-		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := g.runtime()
-			if err != nil {
-				return err
-			}
-			bundle, o := f.opts()
-			return r.Create(context.Background(), args[0], bundle, o)
-		},
-	}
+	cmd := idCmd(g, "create [flags] <container-id>", "create a container", func(r *runtime.Native, ctx context.Context, id string) error {
+		bundle, o := f.opts()
+		return r.Create(ctx, id, bundle, o)
+	})
 	f.register(cmd)
 	return cmd
 }
