@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -271,7 +273,7 @@ func (l *Loop) nodes(ctx context.Context) error {
 		}
 	}
 	var conflict error
-	for _, name := range sortedKeys(byNode) {
+	for _, name := range slices.Sorted(maps.Keys(byNode)) {
 		n, known := s.nodes[name]
 		alive := known && s.alive[name]
 		if alive && !n.Spec.Drain {
@@ -307,12 +309,12 @@ func (l *Loop) nodes(ctx context.Context) error {
 		}
 		l.cfg.Log.Info("rescheduling instances", "node", name, "count", len(next), "alive", alive)
 		if !alive {
-			for _, t := range sortedKeys(tenants) {
+			for _, t := range slices.Sorted(maps.Keys(tenants)) {
 				l.record(ctx, t, "nodes/"+name, "Warning", "NodeLost", fmt.Sprintf("node %s lost its lease; %d instances rescheduled", name, tenants[t]))
 			}
 		}
 	}
-	for _, name := range sortedKeys(s.nodes) {
+	for _, name := range slices.Sorted(maps.Keys(s.nodes)) {
 		n := s.nodes[name]
 		phase := nodePhase(n, s.alive[name], len(byNode[name]) > 0)
 		if phase == n.Status.Phase && (phase != api.NodeDrained || n.Spec.Unschedulable) {
@@ -346,15 +348,6 @@ func nodePhase(n *api.Node, alive, busy bool) string {
 	return api.NodeReady
 }
 
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
-}
-
 // services runs the service controller over every service, and removes
 // instances whose service is gone.
 func (l *Loop) services(ctx context.Context) error {
@@ -375,7 +368,7 @@ func (l *Loop) services(ctx context.Context) error {
 	if err := l.deleteAll(ctx, "delete instances of deleted services", orphans); err != nil {
 		return err
 	}
-	for _, k := range sortedKeys(s.services) {
+	for _, k := range slices.Sorted(maps.Keys(s.services)) {
 		svc := s.services[k]
 		plan := reconcile.Service(svc, owned[k])
 		var dels []api.Object
@@ -463,7 +456,7 @@ func (l *Loop) deleteAll(ctx context.Context, what string, objs []api.Object) er
 // marks and clears crash loops.
 func (l *Loop) health(ctx context.Context, now time.Time) error {
 	var prev, next []*api.Instance
-	for _, k := range sortedKeys(l.s.instances) {
+	for _, k := range slices.Sorted(maps.Keys(l.s.instances)) {
 		in := l.s.instances[k]
 		act, ok := reconcile.Health(in, now)
 		if !ok && in.Status.CrashLoop && in.Status.Phase == api.PhaseRunning && in.Status.Health != api.HealthUnhealthy &&
@@ -590,7 +583,7 @@ func (l *Loop) schedule(ctx context.Context) error {
 // table builds the scheduler's node table from the mirror.
 func (l *Loop) table() *scheduler.Table {
 	s := l.s
-	names := sortedKeys(s.nodes)
+	names := slices.Sorted(maps.Keys(s.nodes))
 	nodes := make([]*scheduler.Node, len(names))
 	index := make(map[string]int, len(names))
 	for i, name := range names {

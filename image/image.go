@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 
 	"github.com/opencontainers/go-digest"
@@ -221,7 +223,7 @@ func (s *Store) Get(name string) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, k := range sortedKeys(refs) {
+	for _, k := range slices.Sorted(maps.Keys(refs)) {
 		if refs[k].Digest == img.Digest {
 			img.Names = append(img.Names, k)
 		}
@@ -266,7 +268,7 @@ func (s *Store) List() ([]*Image, error) {
 	}
 	byDigest := map[digest.Digest]*Image{}
 	var out []*Image
-	for _, k := range sortedKeys(refs) {
+	for _, k := range slices.Sorted(maps.Keys(refs)) {
 		d := refs[k]
 		img, ok := byDigest[d.Digest]
 		if !ok {
@@ -335,7 +337,7 @@ func matchRefs(refs refsFile, name string, s *Store) ([]string, error) {
 	id := strings.TrimPrefix(name, "sha256:")
 	var keys []string
 	if len(id) >= 4 && strings.Trim(id, "0123456789abcdef") == "" {
-		for _, k := range sortedKeys(refs) {
+		for _, k := range slices.Sorted(maps.Keys(refs)) {
 			d := refs[k]
 			img, err := s.load(d)
 			if err != nil {

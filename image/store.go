@@ -30,7 +30,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sort"
 	"sync"
 
 	"github.com/opencontainers/go-digest"
@@ -322,15 +321,6 @@ func (s *Store) setRef(ref reference.Reference, desc ocispec.Descriptor) error {
 		refs[ref.String()] = desc
 		return nil
 	})
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
 
 // cancelled lets long loops honour ctx.

@@ -2,9 +2,10 @@ package cgroups
 
 import (
 	"fmt"
+	"maps"
 	"math"
 	"regexp"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -210,7 +211,7 @@ func Validate(r *specs.LinuxResources) error {
 			return &FieldError{Field: fmt.Sprintf("%s[%d]", fDevices, i), Msg: "invalid rule", Err: err}
 		}
 	}
-	for _, k := range sortedKeys(r.Unified) {
+	for _, k := range slices.Sorted(maps.Keys(r.Unified)) {
 		if err := checkUnifiedKey(k); err != nil {
 			return &FieldError{Field: fUnified + "." + k, Msg: "invalid key", Err: err}
 		}
@@ -321,15 +322,6 @@ func CheckMemoryUpdate(r *specs.LinuxResources, usage uint64) error {
 		return fieldErr(fMemLimit, "%d is below the cgroup's current usage %d", *r.Memory.Limit, usage)
 	}
 	return nil
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
 
 func itoa(v int64) string          { return strconv.FormatInt(v, 10) }
@@ -489,7 +481,7 @@ func v1Writes(r *specs.LinuxResources, memswNow int64) ([]Write, error) {
 		}
 	}
 
-	for _, dev := range sortedKeys(r.Rdma) {
+	for _, dev := range slices.Sorted(maps.Keys(r.Rdma)) {
 		add("rdma", "rdma.max", rdmaLine(dev, r.Rdma[dev]), fRdma+"."+dev)
 	}
 
@@ -663,7 +655,7 @@ func v2Writes(r *specs.LinuxResources) ([]Write, error) {
 		}
 	}
 
-	for _, dev := range sortedKeys(r.Rdma) {
+	for _, dev := range slices.Sorted(maps.Keys(r.Rdma)) {
 		add("rdma", "rdma.max", rdmaLine(dev, r.Rdma[dev]), fRdma+"."+dev)
 	}
 
@@ -677,7 +669,7 @@ func v2Writes(r *specs.LinuxResources) ([]Write, error) {
 			}
 		}
 		ws = kept
-		for _, k := range sortedKeys(r.Unified) {
+		for _, k := range slices.Sorted(maps.Keys(r.Unified)) {
 			ctrl, _, _ := strings.Cut(k, ".")
 			if ctrl == "cgroup" {
 				ctrl = ""
