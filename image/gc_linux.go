@@ -3,6 +3,7 @@ package image
 import (
 	"errors"
 	"fmt"
+	"github.com/berth-dev/berth/internal/mountinfo"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -52,7 +53,7 @@ func (s *Store) Prune(opt PruneOptions) (PruneReport, error) {
 			// snapshot is being made now (they hold the gc lock shared),
 			// and one without its record was never handed out.
 			dir := s.snapshotDir(id)
-			if mounted, _ := isMountPoint(filepath.Join(dir, "rootfs")); mounted {
+			if mounted, _ := mountinfo.IsMountPoint(filepath.Join(dir, "rootfs")); mounted {
 				continue
 			}
 			rep.BytesFreed += diskUsage(dir, map[uint64]bool{})

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/berth-dev/berth/internal/mountinfo"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -202,7 +203,7 @@ func (s *Store) MountSnapshot(containerID string) (string, error) {
 		return "", fmt.Errorf("mount snapshot %s: %w", containerID, err)
 	}
 	rootfs := filepath.Join(dir, "rootfs")
-	mounted, err := isMountPoint(rootfs)
+	mounted, err := mountinfo.IsMountPoint(rootfs)
 	if err != nil {
 		return "", fmt.Errorf("mount snapshot %s: %w", containerID, err)
 	}
@@ -231,19 +232,6 @@ func (s *Store) MountSnapshot(containerID string) (string, error) {
 		return "", fmt.Errorf("mount snapshot %s: %w", containerID, err)
 	}
 	return rootfs, nil
-}
-
-// isMountPoint: a mount on p gives it another device than its parent
-// directory (overlay always has its own).
-func isMountPoint(p string) (bool, error) {
-	var st, parent unix.Stat_t
-	if err := unix.Lstat(p, &st); err != nil {
-		return false, err
-	}
-	if err := unix.Lstat(filepath.Dir(p), &parent); err != nil {
-		return false, err
-	}
-	return st.Dev != parent.Dev, nil
 }
 
 // RemoveSnapshot unmounts a container's root filesystem and deletes its

@@ -3,6 +3,7 @@ package cgroups
 import (
 	"bufio"
 	"fmt"
+	"github.com/berth-dev/berth/internal/mountinfo"
 	"io"
 	"strings"
 )
@@ -35,7 +36,7 @@ func ParseMountinfo(r io.Reader) (Hierarchy, error) {
 		if len(pf) < 5 || len(qf) < 3 {
 			return Hierarchy{}, fmt.Errorf("mountinfo line %q is short", line)
 		}
-		mnt := unescapeMount(pf[4])
+		mnt := mountinfo.Unescape(pf[4])
 		switch qf[0] {
 		case "cgroup2":
 			if h.Unified == "" {
@@ -61,40 +62,4 @@ func ParseMountinfo(r io.Reader) (Hierarchy, error) {
 		}
 	}
 	return h, nil
-}
-
-// unescapeMount undoes mountinfo's octal escapes (\040 for space, ...).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if v, ok := octal3(s[i+1 : i+4]); ok {
-				b.WriteByte(v)
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
-func octal3(s string) (byte, bool) {
-	if len(s) != 3 {
-		return 0, false
-	}
-	v := 0
-	for _, c := range []byte(s) {
-		if c < '0' || c > '7' {
-			return 0, false
-		}
-		v = v*8 + int(c-'0')
-	}
-	if v > 255 {
-		return 0, false
-	}
-	return byte(v), true
 }
