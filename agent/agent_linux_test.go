@@ -528,9 +528,18 @@ func TestAgentRestartAdoptsAndReconciles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// One whose runtime state vanished while no agent ran (its init killed
+	// and the state removed by hand): it must not stop the next agent.
+	vanished, err := a1.Run(ctx, ContainerSpec{Image: "busybox", Cmd: []string{"sleep", "1000"}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	c1, _ := a1.Inspect(long)
 	cShort, _ := a1.Inspect(short)
 	a1.Close()
+	if err := e.rt.Delete(ctx, vanished, true); err != nil {
+		t.Fatal(err)
+	}
 
 	// A crash in the middle of Create: a directory and a snapshot only.
 	img, err := e.images.Get("busybox")
@@ -564,6 +573,9 @@ func TestAgentRestartAdoptsAndReconciles(t *testing.T) {
 	if c2.State.Status != StatusRunning || c2.State.Pid != c1.State.Pid || syscall.Kill(c1.State.Pid, 0) != nil {
 		t.Fatalf("after agent restart: %+v (was pid %d)", c2.State, c1.State.Pid)
 	}
+	if cv, err := a2.Inspect(vanished); err != nil || cv.State.Status != StatusExited {
+		t.Errorf("container whose runtime state vanished: %+v %v, want exited", cv.State, err)
+	}
 	cs, _ := a2.Inspect(short)
 	if cs.State.Status != StatusExited || cs.State.ExitCode != 9 {
 		t.Fatalf("exit while the agent was down: %+v", cs.State)
@@ -576,7 +588,7 @@ func TestAgentRestartAdoptsAndReconciles(t *testing.T) {
 			t.Errorf("stray cgroup %s not removed: %v", p, err)
 		}
 	}
-	if snaps, _ := e.images.Snapshots(); len(snaps) != 2 {
+	if snaps, _ := e.images.Snapshots(); len(snaps) != 3 {
 		t.Fatalf("snapshots after reconcile: %v", snaps)
 	}
 	// The adopted container is still supervised.

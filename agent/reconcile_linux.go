@@ -78,7 +78,14 @@ func (a *Agent) reconcile(ctx context.Context) error {
 		switch act {
 		case ActAdopt:
 			c.meta.State.Pid = st.Pid
-			err = a.watchLocked(c, st.Pid)
+			if werr := a.watchLocked(c, st.Pid); werr != nil {
+				// It exited between State and here: record that, as
+				// for one found exited; one container never stops the
+				// agent from starting.
+				a.log.Warn("adopt container", "id", id, "err", werr)
+				a.recordExitLocked(c)
+				a.maybeRestartLocked(c)
+			}
 		case ActRecordExit:
 			if s == StatusRestarting {
 				// It had exited already; only the restart was pending.
@@ -89,9 +96,6 @@ func (a *Agent) reconcile(ctx context.Context) error {
 			a.maybeRestartLocked(c)
 		}
 		c.mu.Unlock()
-		if err != nil {
-			return err
-		}
 	}
 	// Runtime state of this agent's containers that are gone.
 	list, err := a.cfg.Runtime.List(ctx)
