@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -75,7 +76,38 @@ func (r *Native) initPath() (string, error) {
 		_ = unix.Unmount(target, unix.MNT_DETACH)
 		return "", fmt.Errorf("make executable copy read-only: %w", err)
 	}
+	r.removeOldExecutables(dir, name)
 	return target, nil
+}
+
+// staleCopyAge is how long a copy made by another build is kept: long
+// enough that two versions in use at once during an upgrade do not remove
+// each other's copy on every start.
+const staleCopyAge = 10 * time.Minute
+
+// removeOldExecutables drops the copies of earlier builds, so that a host
+// which upgrades often does not gather one read-only mount per build. A
+// container running from a removed copy is unaffected: its init has
+// either exec'd the workload already or keeps its mapping.
+func (r *Native) removeOldExecutables(dir, keep string) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if e.Name() == keep || e.Name() == ".lock" {
+			continue
+		}
+		info, err := e.Info()
+		if err != nil || time.Since(info.ModTime()) < staleCopyAge {
+			continue
+		}
+		p := filepath.Join(dir, e.Name())
+		_ = unix.Unmount(p, unix.MNT_DETACH)
+		if err := os.Remove(p); err != nil {
+			r.Log.Warn("remove old executable copy", "path", p, "err", err)
+		}
+	}
 }
 
 // isReadOnlyMount reports whether path exists on a read-only mount.

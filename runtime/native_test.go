@@ -615,3 +615,36 @@ func ownBoundingSet(t *testing.T) []string {
 	}
 	return out
 }
+
+// Making the copy of a new build removes the copies of earlier builds,
+// read-only mounts included, but not one made moments ago by another.
+func TestOldExecutableCopiesAreRemoved(t *testing.T) {
+	r := testRuntime(t)
+	dir := filepath.Join(r.Root, ".exe")
+	if err := os.MkdirAll(dir, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	old, recent := filepath.Join(dir, "0-0-0-1.1"), filepath.Join(dir, "0-0-0-2.2")
+	for _, p := range []string{old, recent} {
+		if err := os.WriteFile(p, []byte("an earlier build"), 0o555); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hourAgo := time.Now().Add(-time.Hour)
+	if err := os.Chtimes(old, hourAgo, hourAgo); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount(old, old, "", syscall.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Unmount(old, syscall.MNT_DETACH) })
+	if _, err := r.initPath(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(old); !os.IsNotExist(err) {
+		t.Errorf("the hour-old copy is still there: %v", err)
+	}
+	if _, err := os.Stat(recent); err != nil {
+		t.Errorf("the recent copy was removed: %v", err)
+	}
+}
