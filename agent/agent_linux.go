@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/berth-dev/berth/runtime/cgroups"
 	"io"
 	"log/slog"
 	"net"
@@ -125,6 +126,27 @@ type Agent struct {
 	containers map[string]*container
 	closed     bool
 	wg         sync.WaitGroup
+	// hier is the host's cgroup hierarchy, detected at start.
+	hier cgroups.Hierarchy
+	// changes is signalled when a container exits or its health changes,
+	// so that a node loop reports at once rather than at its next poll.
+	changes chan struct{}
+}
+
+// Changes is signalled (coalesced) after a container exited or its health
+// changed.
+func (a *Agent) Changes() <-chan struct{} { return a.changes }
+
+// cgroup returns the manager of a container's cgroup.
+func (a *Agent) cgroup(id string) (cgroups.Manager, error) {
+	return cgroups.New(a.cgroupOf(id), nil, cgroups.Options{Hierarchy: &a.hier})
+}
+
+func (a *Agent) notify() {
+	select {
+	case a.changes <- struct{}{}:
+	default:
+	}
 }
 
 // New opens the agent's root and reconciles it with the kernel: running
@@ -154,7 +176,13 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 			return nil, fmt.Errorf("agent: berth-init: %w", err)
 		}
 	}
-	a := &Agent{cfg: cfg, log: cfg.Log, containers: map[string]*container{}, cgroups: cfg.CgroupParent}
+	// The cgroup mounts are read once: parsing the mount table at every
+	// stats call costs more with every container mounted.
+	hier, err := cgroups.Detect()
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	a := &Agent{cfg: cfg, log: cfg.Log, containers: map[string]*container{}, cgroups: cfg.CgroupParent, hier: hier, changes: make(chan struct{}, 1)}
 	if a.cgroups == "" {
 		h := sha256.Sum256([]byte(root))
 		a.cgroups = "/berth/" + hex.EncodeToString(h[:6])
@@ -222,6 +250,20 @@ func (e Error) Error() string { return string(e) }
 // ErrNotFound is returned for containers the agent does not have.
 const ErrNotFound = Error("no such container")
 
+// ErrNotRunning is returned for operations that need a running container.
+const ErrNotRunning = Error("not running")
+
+// InvalidError is bad input from the caller (a signal name, a path, an
+// archive), as opposed to a failure of the agent or the container.
+type InvalidError struct{ Err error }
+
+func (e *InvalidError) Error() string { return e.Err.Error() }
+func (e *InvalidError) Unwrap() error { return e.Err }
+
+func invalidf(format string, args ...any) error {
+	return &InvalidError{Err: fmt.Errorf(format, args...)}
+}
+
 func (a *Agent) get(ref string) (*container, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -232,7 +274,7 @@ func (a *Agent) get(ref string) (*container, error) {
 	for id, c := range a.containers {
 		if c.meta.Spec.Name == ref || len(ref) >= 4 && strings.HasPrefix(id, ref) {
 			if found != nil {
-				return nil, fmt.Errorf("container %q: ambiguous", ref)
+				return nil, invalidf("container %q: ambiguous", ref)
 			}
 			found = c
 		}

@@ -86,6 +86,7 @@ func (a *Agent) startHealthLocked(c *container) {
 				c.meta.State.Health = &next
 				if next.Status != prev {
 					_ = a.save(c)
+					a.notify()
 				}
 			}
 			c.mu.Unlock()

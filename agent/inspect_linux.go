@@ -16,7 +16,6 @@ import (
 
 	"github.com/berth-dev/berth/image"
 	"github.com/berth-dev/berth/runtime"
-	"github.com/berth-dev/berth/runtime/cgroups"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
@@ -84,9 +83,9 @@ func (a *Agent) Stats(ref string) (Stats, error) {
 	id, pid, running := c.meta.ID, c.meta.State.Pid, c.exited != nil
 	c.mu.Unlock()
 	if !running {
-		return Stats{}, fmt.Errorf("container %s: not running", id)
+		return Stats{}, fmt.Errorf("container %s: %w", id, ErrNotRunning)
 	}
-	cg, err := cgroups.New(a.cgroupOf(id), nil, cgroups.Options{})
+	cg, err := a.cgroup(id)
 	if err != nil {
 		return Stats{}, err
 	}
@@ -129,6 +128,10 @@ type ExecSpec struct {
 	Env     []string
 	User    string // empty: the container's user
 	Workdir string
+	// TTY runs the process on a new terminal, whose master Console
+	// receives while the process is set up (stdio is then unused).
+	TTY     bool
+	Console func(master *os.File)
 }
 
 // Exec runs a process in the running container as its workload runs
@@ -145,7 +148,7 @@ func (a *Agent) Exec(ctx context.Context, ref string, e ExecSpec, stdio runtime.
 	id, user, cs, running := c.meta.ID, c.meta.User, c.meta.Spec, c.exited != nil
 	c.mu.Unlock()
 	if !running {
-		return -1, fmt.Errorf("container %s: not running", id)
+		return -1, fmt.Errorf("container %s: %w", id, ErrNotRunning)
 	}
 	b, err := os.ReadFile(filepath.Join(a.bundle(id), "config.json"))
 	if err != nil {
@@ -172,11 +175,34 @@ func (a *Agent) Exec(ctx context.Context, ref string, e ExecSpec, stdio runtime.
 		return -1, err
 	}
 	p := WorkloadProcess(&spec, caps, user, e.Args, e.Env, e.Workdir)
-	return a.cfg.Runtime.Exec(ctx, id, p, runtime.ExecOpts{IO: stdio})
+	p.Terminal = e.TTY
+	opts := runtime.ExecOpts{IO: stdio}
+	if e.TTY {
+		if e.Console == nil {
+			return -1, errors.New("exec: a terminal needs a Console")
+		}
+		opts = runtime.ExecOpts{Console: e.Console}
+	}
+	return a.cfg.Runtime.Exec(ctx, id, p, opts)
 }
 
 // Logs writes the container's output to stdout and stderr by stream.
 func (a *Agent) Logs(ctx context.Context, ref string, opt LogOptions, stdout, stderr io.Writer) error {
+	return a.LogEntries(ctx, ref, opt, func(e LogEntry) error {
+		w := stdout
+		if e.Stream == "stderr" {
+			w = stderr
+		}
+		// A NoInit container's lines have no time to show.
+		return FormatLog(w, e, opt.Timestamps && !e.Time.IsZero())
+	})
+}
+
+// LogEntries calls fn with each of the container's log lines that opt
+// selects, in order; with Follow, until the container's current run ends
+// (and all it wrote is read) or ctx does. A NoInit container's lines have
+// no time and all count as stdout.
+func (a *Agent) LogEntries(ctx context.Context, ref string, opt LogOptions, fn func(LogEntry) error) error {
 	c, err := a.get(ref)
 	if err != nil {
 		return err
@@ -186,14 +212,7 @@ func (a *Agent) Logs(ctx context.Context, ref string, opt LogOptions, stdout, st
 	exited := c.exited
 	c.mu.Unlock()
 	if spec.NoInit {
-		return a.rawLogs(ctx, id, opt, stdout, exited)
-	}
-	write := func(e LogEntry) error {
-		w := stdout
-		if e.Stream == "stderr" {
-			w = stderr
-		}
-		return FormatLog(w, e, opt.Timestamps)
+		return a.rawLogs(id, opt, fn)
 	}
 	var entries []LogEntry
 	asm := &logAssembler{}
@@ -202,7 +221,7 @@ func (a *Agent) Logs(ctx context.Context, ref string, opt LogOptions, stdout, st
 		return fmt.Errorf("logs of %s: %w", id, err)
 	}
 	for _, e := range SelectLogs(entries, opt) {
-		if err := write(e); err != nil {
+		if err := fn(e); err != nil {
 			if f != nil {
 				f.Close()
 			}
@@ -230,12 +249,12 @@ func (a *Agent) Logs(ctx context.Context, ref string, opt LogOptions, stdout, st
 		if !opt.Since.IsZero() && e.Time.Before(opt.Since) {
 			return nil
 		}
-		return write(e)
+		return fn(e)
 	}, done)
 }
 
 // rawLogs serves a NoInit container's log, which has no timestamps.
-func (a *Agent) rawLogs(ctx context.Context, id string, opt LogOptions, w io.Writer, exited chan struct{}) error {
+func (a *Agent) rawLogs(id string, opt LogOptions, fn func(LogEntry) error) error {
 	b, err := os.ReadFile(filepath.Join(a.logDir(id), "raw.log"))
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
@@ -247,6 +266,10 @@ func (a *Agent) rawLogs(ctx context.Context, id string, opt LogOptions, w io.Wri
 	if opt.Tail >= 0 && len(lines) > opt.Tail {
 		lines = lines[len(lines)-opt.Tail:]
 	}
-	_, err = io.WriteString(w, strings.Join(lines, ""))
-	return err
+	for _, l := range lines {
+		if err := fn(LogEntry{Stream: "stdout", Line: []byte(strings.TrimSuffix(l, "\n"))}); err != nil {
+			return err
+		}
+	}
+	return nil
 }

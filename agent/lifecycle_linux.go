@@ -13,7 +13,6 @@ import (
 
 	"github.com/berth-dev/berth/image"
 	"github.com/berth-dev/berth/runtime"
-	"github.com/berth-dev/berth/runtime/cgroups"
 	"golang.org/x/sys/unix"
 )
 
@@ -287,6 +286,7 @@ func (a *Agent) onExit(c *container, exited chan struct{}) {
 		c.watch = nil
 	}
 	a.maybeRestartLocked(c)
+	a.notify()
 }
 
 // recordExitLocked reads the exit code berth-init left and whether the
@@ -311,7 +311,7 @@ func (a *Agent) recordExitLocked(c *container) {
 			s.Error = lastLine(filepath.Join(a.logDir(id), "init.log"))
 		}
 	}
-	if cg, err := cgroups.New(a.cgroupOf(id), nil, cgroups.Options{}); err == nil {
+	if cg, err := a.cgroup(id); err == nil {
 		if st, err := cg.Stats(); err == nil && st.Memory.OOMKills > 0 {
 			s.OOMKilled = true
 		}
@@ -387,7 +387,7 @@ func (a *Agent) Kill(ctx context.Context, ref string, sig syscall.Signal) error 
 
 func (a *Agent) killLocked(ctx context.Context, c *container, sig syscall.Signal) error {
 	if c.exited == nil {
-		return fmt.Errorf("container %s: not running", c.meta.ID)
+		return fmt.Errorf("container %s: %w", c.meta.ID, ErrNotRunning)
 	}
 	c.meta.State.StoppedByUser = true
 	if sig == unix.SIGKILL {
@@ -521,7 +521,7 @@ func (a *Agent) destroy(id string) error {
 			return fmt.Errorf("remove %s: %w", id, err)
 		}
 	}
-	if cg, err := cgroups.New(a.cgroupOf(id), nil, cgroups.Options{}); err == nil {
+	if cg, err := a.cgroup(id); err == nil {
 		_ = cg.Destroy()
 	}
 	// The mounts the agent makes, top first, then whatever else is there.

@@ -32,6 +32,9 @@ func InstanceContainerName(tenant, name string) string { return tenant + "_" + n
 // container runs with "no" and every exit is reported.
 func InstanceSpec(in *api.Instance, node, network string) (ContainerSpec, error) {
 	t := in.Spec.Template
+	if t.Network == "none" {
+		network = "none"
+	}
 	s := ContainerSpec{
 		Name:    InstanceContainerName(in.Tenant, in.Name),
 		Image:   t.Image,
@@ -41,9 +44,25 @@ func InstanceSpec(in *api.Instance, node, network string) (ContainerSpec, error)
 		Network: network,
 		Restart: RestartPolicy{Name: "no"},
 		Labels:  map[string]string{},
+
+		User:      t.User,
+		Workdir:   t.Workdir,
+		ReadOnly:  t.ReadOnly,
+		CapAdd:    slices.Clone(t.CapAdd),
+		CapDrop:   slices.Clone(t.CapDrop),
+		PidsLimit: t.PidsLimit,
+		NoInit:    t.NoInit,
+		TTY:       t.TTY,
+		Stdin:     t.Stdin,
 	}
 	if len(t.Command) > 0 {
 		s.Cmd = slices.Clone(t.Command)
+	}
+	if len(t.Entrypoint) > 0 {
+		s.Entrypoint = slices.Clone(t.Entrypoint)
+	}
+	for _, m := range t.Mounts {
+		s.Mounts = append(s.Mounts, Mount{Type: m.Type, Source: m.Source, Target: m.Target, ReadOnly: m.ReadOnly})
 	}
 	keys := make([]string, 0, len(t.Env))
 	for k := range t.Env {
@@ -174,9 +193,10 @@ func DecideInstance(in *api.Instance, have *Container, acted int) NodeAction {
 		}
 		return ActStart
 	}
-	// Created and never started, or stopped because the instance was
-	// stopped and now wanted again.
-	if have.State.Status == StatusCreated || have.State.Status == StatusExited && have.State.StoppedByUser {
+	// Created and never started. An exited container starts again only
+	// when asked through the generation (the API raises it when a stopped
+	// instance is wanted again): one killed by a user stays down.
+	if have.State.Status == StatusCreated {
 		return ActStart
 	}
 	return ActNone

@@ -308,6 +308,7 @@ func (n *Node) report(ctx context.Context) {
 			return
 		case <-t.C:
 		case <-n.kick:
+		case <-n.cfg.Agent.Changes():
 		}
 		type pending struct {
 			ni *nodeInstance

@@ -146,7 +146,8 @@ func TestDecideInstance(t *testing.T) {
 		"running, restart asked":     {api.DesiredRunning, 2, c(StatusRunning, "h1", false), 1, ActRestart},
 		"other template":             {api.DesiredRunning, 0, c(StatusRunning, "h0", false), 0, ActReplace},
 		"created":                    {api.DesiredRunning, 0, c(StatusCreated, "h1", false), 0, ActStart},
-		"stopped, wanted again":      {api.DesiredRunning, 0, c(StatusExited, "h1", true), 0, ActStart},
+		"stopped, wanted again":      {api.DesiredRunning, 1, c(StatusExited, "h1", true), 0, ActStart},
+		"killed by a user":           {api.DesiredRunning, 0, c(StatusExited, "h1", true), 0, ActNone},
 		"stop asked":                 {api.DesiredStopped, 0, c(StatusRunning, "h1", false), 0, ActStop},
 		"stop asked, already exited": {api.DesiredStopped, 0, c(StatusExited, "h1", false), 0, ActNone},
 		"stop asked, no container":   {api.DesiredStopped, 0, nil, 0, ActNone},
@@ -156,5 +157,48 @@ func TestDecideInstance(t *testing.T) {
 		if got := DecideInstance(in, tc.have, tc.acted); got != tc.want {
 			t.Errorf("%s: %v, want %v", name, got, tc.want)
 		}
+	}
+}
+
+func TestInstanceSpecMapsTheRunFlags(t *testing.T) {
+	in := testInstance()
+	tp := &in.Spec.Template
+	tp.Entrypoint = []string{"/bin/sh", "-c"}
+	tp.User, tp.Workdir, tp.ReadOnly = "1000:1000", "/srv", true
+	tp.CapAdd, tp.CapDrop = []string{"NET_ADMIN"}, []string{"CHOWN"}
+	tp.PidsLimit, tp.NoInit = 64, false
+	tp.TTY, tp.Stdin = true, true
+	tp.Mounts = []api.Mount{{Type: api.MountVolume, Source: "data", Target: "/data"}, {Type: api.MountBind, Source: "/etc", Target: "/host-etc", ReadOnly: true}}
+	s, err := InstanceSpec(in, "n1", "pool")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(s.Entrypoint, []string{"/bin/sh", "-c"}) || s.User != "1000:1000" || s.Workdir != "/srv" || !s.ReadOnly {
+		t.Errorf("process: %+v", s)
+	}
+	if !slices.Equal(s.CapAdd, []string{"NET_ADMIN"}) || !slices.Equal(s.CapDrop, []string{"CHOWN"}) || s.PidsLimit != 64 {
+		t.Errorf("confinement: add %q drop %q pids %d", s.CapAdd, s.CapDrop, s.PidsLimit)
+	}
+	if !s.TTY || !s.Stdin || s.NoInit {
+		t.Errorf("tty %v stdin %v noInit %v", s.TTY, s.Stdin, s.NoInit)
+	}
+	want := []Mount{{Type: "volume", Source: "data", Target: "/data"}, {Type: "bind", Source: "/etc", Target: "/host-etc", ReadOnly: true}}
+	if !slices.Equal(s.Mounts, want) {
+		t.Errorf("mounts %+v, want %+v", s.Mounts, want)
+	}
+
+	in = testInstance()
+	in.Spec.Template.Network = "none"
+	in.Spec.Template.Ports = nil
+	if s, err := InstanceSpec(in, "n1", "pool"); err != nil || s.Network != "none" {
+		t.Errorf("template network none on a pool node: network %q err %v", s.Network, err)
+	}
+	in.Spec.Template.NoInit = true
+	if s, err := InstanceSpec(in, "n1", "pool"); err != nil || !s.NoInit {
+		t.Errorf("noInit: %v %v", s.NoInit, err)
+	}
+	in.Spec.Template.TTY = true
+	if _, err := InstanceSpec(in, "n1", "pool"); err == nil || !strings.Contains(err.Error(), "tty/stdin: need Berth's init") {
+		t.Errorf("tty without init: %v", err)
 	}
 }

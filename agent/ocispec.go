@@ -103,6 +103,12 @@ func Generate(in BundleInput) (*specs.Spec, error) {
 		lc := cs.Log.withDefaults()
 		args := []string{initInContainer, "-l", logDirInContainer,
 			"-s", strconv.FormatInt(lc.MaxSize, 10), "-n", strconv.Itoa(lc.MaxFiles)}
+		if cs.TTY {
+			args = append(args, "-t")
+		}
+		if cs.Stdin {
+			args = append(args, "-i")
+		}
 		initCaps := caps
 		if user.UID != 0 {
 			// berth-init switches to the user itself (it must stay root to

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 
 	"github.com/berth-dev/berth/runtime"
-	"github.com/berth-dev/berth/runtime/cgroups"
 )
 
 // ReconcileAction is what reconcile does with one container it finds.
@@ -117,7 +116,7 @@ func (a *Agent) reconcile(ctx context.Context) error {
 		}
 		for _, e := range ents {
 			if e.IsDir() && !known[e.Name()] {
-				if cg, err := cgroups.New(a.cgroupOf(e.Name()), nil, cgroups.Options{}); err == nil {
+				if cg, err := a.cgroup(e.Name()); err == nil {
 					if err := cg.Destroy(); err != nil {
 						a.log.Warn("remove leftover cgroup", "id", e.Name(), "err", err)
 					}

@@ -43,6 +43,11 @@ type ContainerSpec struct {
 	// then goes to a log file without rotation, and its exit code is
 	// known only to an agent that is running when it exits.
 	NoInit bool `json:"noInit,omitempty"`
+	// TTY gives the workload a terminal (docker run -t), Stdin an input
+	// that stays open for attach (-i). berth-init serves both on a socket
+	// in the log directory, so both need the init.
+	TTY   bool `json:"tty,omitempty"`
+	Stdin bool `json:"stdin,omitempty"`
 	// Network is "none" (the default: a network namespace with loopback
 	// only) or a network the agent's Networker attaches.
 	Network string `json:"network,omitempty"`
@@ -220,6 +225,9 @@ func (s ContainerSpec) Validate() error {
 		if h.Interval < 0 || h.Timeout < 0 || h.StartPeriod < 0 || h.Retries < 0 {
 			return fmt.Errorf("health: durations and retries must not be negative")
 		}
+	}
+	if (s.TTY || s.Stdin) && s.NoInit {
+		return fmt.Errorf("tty/stdin: need Berth's init (noInit is set)")
 	}
 	if s.Log.MaxSize < 0 || s.Log.MaxFiles < 0 || s.Log.MaxSize > 0 && s.Log.MaxSize < 4096 {
 		return fmt.Errorf("log: maxSize must be at least 4096 and maxFiles positive")

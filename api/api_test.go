@@ -158,3 +158,47 @@ func FuzzDecodeObject(f *testing.F) {
 		}
 	})
 }
+
+func TestHealthCheckKinds(t *testing.T) {
+	for _, tc := range []struct {
+		h  HealthCheck
+		ok bool
+	}{
+		{HealthCheck{Command: []string{"true"}}, true},
+		{HealthCheck{HTTPPath: "/healthz", Port: 8080}, true},
+		{HealthCheck{Port: 5432}, true},
+		{HealthCheck{}, false},
+		{HealthCheck{HTTPPath: "/healthz"}, false},
+		{HealthCheck{Command: []string{"true"}, Port: 80}, false},
+		{HealthCheck{Port: 70000}, false},
+	} {
+		err := ValidTemplate("t", Template{Image: "busybox", Health: &tc.h})
+		if (err == nil) != tc.ok {
+			t.Errorf("%+v: %v", tc.h, err)
+		}
+	}
+}
+
+func TestTemplateMountsAndNetwork(t *testing.T) {
+	for _, tc := range []struct {
+		t  Template
+		ok bool
+	}{
+		{Template{Image: "b", Mounts: []Mount{{Type: MountVolume, Source: "data", Target: "/data"}}}, true},
+		{Template{Image: "b", Mounts: []Mount{{Type: MountBind, Source: "/srv", Target: "/srv", ReadOnly: true}}}, true},
+		{Template{Image: "b", Mounts: []Mount{{Type: MountVolume, Source: "Bad_Name", Target: "/data"}}}, false},
+		{Template{Image: "b", Mounts: []Mount{{Type: MountBind, Source: "srv", Target: "/srv"}}}, false},
+		{Template{Image: "b", Mounts: []Mount{{Type: "tmpfs", Target: "/t"}}}, false},
+		{Template{Image: "b", Mounts: []Mount{{Type: MountVolume, Source: "a", Target: "/"}}}, false},
+		{Template{Image: "b", Mounts: []Mount{{Type: MountVolume, Source: "a", Target: "/d"}, {Type: MountVolume, Source: "b", Target: "/d"}}}, false},
+		{Template{Image: "b", Network: "none"}, true},
+		{Template{Image: "b", Network: "bridge"}, false},
+		{Template{Image: "b", Workdir: "rel"}, false},
+		{Template{Image: "b", PidsLimit: -1}, false},
+	} {
+		err := ValidTemplate("t", tc.t)
+		if (err == nil) != tc.ok {
+			t.Errorf("%+v: %v", tc.t, err)
+		}
+	}
+}

@@ -55,6 +55,9 @@ func (k Kind) Valid() bool {
 // SystemTenant holds the cluster's own tokens (admins, nodes).
 const SystemTenant = "system"
 
+// DefaultTenant is made at bootstrap: where commands that name no tenant act.
+const DefaultTenant = "default"
+
 // Meta is common to every object.
 type Meta struct {
 	Name string `json:"name"`
@@ -141,6 +144,10 @@ func (*Node) Kind() Kind { return KindNode }
 type NodeSpec struct {
 	Capacity Resources  `json:"capacity"`
 	Address  netip.Addr `json:"address,omitzero"`
+	// AgentURL is where the control plane reaches the node's agent for
+	// logs, exec, attach, stats, top, copy and kill: "unix:///path" for an
+	// agent on the server's machine.
+	AgentURL string `json:"agentURL,omitempty"`
 	// Unschedulable keeps new instances off the node.
 	Unschedulable bool `json:"unschedulable,omitempty"`
 	// Drain moves the node's instances elsewhere, then marks it unschedulable.
@@ -172,7 +179,9 @@ type Port struct {
 	Protocol string `json:"protocol,omitempty"` // tcp (default) or udp
 }
 
-// HealthCheck is run by the agent inside or against the container.
+// HealthCheck is run by the agent inside or against the container: a
+// command in it, an HTTP GET of HTTPPath on Port, or (Port alone) a TCP
+// connect.
 type HealthCheck struct {
 	Command  []string `json:"command,omitempty"`
 	HTTPPath string   `json:"httpPath,omitempty"`
@@ -236,6 +245,40 @@ type Template struct {
 	Restart     string            `json:"restart,omitempty"`
 	Constraints []Constraint      `json:"constraints,omitempty"`
 	Labels      map[string]string `json:"labels,omitempty"`
+
+	// Entrypoint, when set, replaces the image's (docker run --entrypoint);
+	// Command then replaces its CMD.
+	Entrypoint []string `json:"entrypoint,omitempty"`
+	User       string   `json:"user,omitempty"`
+	Workdir    string   `json:"workdir,omitempty"`
+	ReadOnly   bool     `json:"readOnly,omitempty"`
+	CapAdd     []string `json:"capAdd,omitempty"`
+	CapDrop    []string `json:"capDrop,omitempty"`
+	PidsLimit  int64    `json:"pidsLimit,omitempty"`
+	Mounts     []Mount  `json:"mounts,omitempty"`
+	// NoInit runs the workload itself as PID 1 instead of Berth's init.
+	NoInit bool `json:"noInit,omitempty"`
+	// TTY gives the workload a terminal; Stdin keeps its standard input
+	// open for attach (docker run -t and -i).
+	TTY   bool `json:"tty,omitempty"`
+	Stdin bool `json:"stdin,omitempty"`
+	// Network "none" gives the container loopback only, whatever its
+	// node's network; "" attaches it to the node's network.
+	Network string `json:"network,omitempty"`
+}
+
+// Mount types.
+const (
+	MountVolume = "volume" // a named volume, kept on the node across replacement
+	MountBind   = "bind"   // a host path; admin tokens only
+)
+
+// Mount is a volume or a host path in a container.
+type Mount struct {
+	Type     string `json:"type"`
+	Source   string `json:"source"`
+	Target   string `json:"target"`
+	ReadOnly bool   `json:"readOnly,omitempty"`
 }
 
 // Hash identifies a template's content; instances carry the hash they were
@@ -327,9 +370,13 @@ type InstanceSpec struct {
 	// Pin restricts placement to one node (berth instance move).
 	Pin     string `json:"pin,omitempty"`
 	Desired string `json:"desired,omitempty"`
-	// RestartGeneration is raised by the health manager to ask the agent to
-	// start the container again; the agent reports it back as Status.Restarts.
+	// RestartGeneration is raised by the health manager, or by a user's
+	// update (berth restart), to ask the agent to start the container
+	// again; the agent reports it back as Status.Restarts.
 	RestartGeneration int `json:"restartGeneration,omitempty"`
+	// AutoRemove deletes the instance once it has exited and will not be
+	// restarted (docker run --rm).
+	AutoRemove bool `json:"autoRemove,omitempty"`
 }
 
 // InstanceStatus is observed state: reported by the agent, annotated by the

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"cmp"
 	"fmt"
 	"strings"
 )
@@ -78,6 +79,12 @@ func Validate(o Object) error {
 		case "", DesiredRunning, DesiredStopped:
 		default:
 			return &FieldError{Field: "spec.desired", Message: "must be running or stopped"}
+		}
+		if v.Spec.AutoRemove && v.Spec.Service != "" {
+			return &FieldError{Field: "spec.autoRemove", Message: "a service's instances are not auto-removed"}
+		}
+		if v.Spec.AutoRemove && v.Spec.Template.Restart != RestartNever {
+			return &FieldError{Field: "spec.autoRemove", Message: "conflicts with restart policy " + cmp.Or(v.Spec.Template.Restart, RestartAlways) + " (auto-removal needs restart never)"}
 		}
 		if v.Spec.RestartGeneration < 0 {
 			return &FieldError{Field: "spec.restartGeneration", Message: "must not be negative"}
@@ -228,8 +235,14 @@ func ValidTemplate(field string, t Template) error {
 		}
 	}
 	if h := t.Health; h != nil {
-		if len(h.Command) == 0 && h.HTTPPath == "" {
-			return &FieldError{Field: field + ".health", Message: "needs a command or an httpPath"}
+		if len(h.Command) == 0 && h.HTTPPath == "" && h.Port == 0 {
+			return &FieldError{Field: field + ".health", Message: "needs a command, an httpPath with a port, or a port alone (TCP connect)"}
+		}
+		if len(h.Command) > 0 && (h.HTTPPath != "" || h.Port != 0) {
+			return &FieldError{Field: field + ".health", Message: "a command check takes no httpPath or port"}
+		}
+		if h.Port < 0 || h.Port > 65535 {
+			return &FieldError{Field: field + ".health.port", Message: fmt.Sprintf("%d is not a port (1-65535)", h.Port)}
 		}
 		if h.HTTPPath != "" && (h.Port < 1 || h.Port > 65535) {
 			return &FieldError{Field: field + ".health.port", Message: "an HTTP check needs a port (1-65535)"}
@@ -246,7 +259,52 @@ func ValidTemplate(field string, t Template) error {
 	if err := validLabels(field+".labels", t.Labels); err != nil {
 		return err
 	}
+	if t.PidsLimit < 0 {
+		return &FieldError{Field: field + ".pidsLimit", Message: "must not be negative"}
+	}
+	switch t.Network {
+	case "", "none":
+	default:
+		return &FieldError{Field: field + ".network", Message: fmt.Sprintf("unknown network %q (none, or empty for the node's)", t.Network)}
+	}
+	if t.Workdir != "" && !strings.HasPrefix(t.Workdir, "/") {
+		return &FieldError{Field: field + ".workdir", Message: fmt.Sprintf("%q is not an absolute path", t.Workdir)}
+	}
+	targets := map[string]bool{}
+	for i, m := range t.Mounts {
+		f := fmt.Sprintf("%s.mounts[%d]", field, i)
+		switch m.Type {
+		case MountVolume:
+			if err := ValidName(m.Source); err != nil {
+				return &FieldError{Field: f + ".source", Message: "volume name: " + err.Error()}
+			}
+		case MountBind:
+			if !strings.HasPrefix(m.Source, "/") {
+				return &FieldError{Field: f + ".source", Message: fmt.Sprintf("%q is not an absolute host path", m.Source)}
+			}
+		default:
+			return &FieldError{Field: f + ".type", Message: fmt.Sprintf("unknown mount type %q (volume, bind)", m.Type)}
+		}
+		if !strings.HasPrefix(m.Target, "/") || m.Target == "/" {
+			return &FieldError{Field: f + ".target", Message: fmt.Sprintf("%q is not an absolute path below /", m.Target)}
+		}
+		if targets[m.Target] {
+			return &FieldError{Field: f + ".target", Message: m.Target + " mounted twice"}
+		}
+		targets[m.Target] = true
+	}
 	return validConstraints(field+".constraints", t.Constraints)
+}
+
+// HasBindMount reports whether t mounts a host path, which only admins may ask for:
+// a host path reaches outside every tenant's boundary.
+func (t Template) HasBindMount() bool {
+	for _, m := range t.Mounts {
+		if m.Type == MountBind {
+			return true
+		}
+	}
+	return false
 }
 
 // HostPortKey names a host port reservation: "8080/tcp".

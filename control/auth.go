@@ -60,6 +60,9 @@ const cacheTTL = 5 * time.Second
 func (a *authenticator) authenticate(ctx context.Context, r *http.Request) (Principal, error) {
 	h := r.Header.Get("Authorization")
 	secret, ok := strings.CutPrefix(h, "Bearer ")
+	if !ok {
+		secret, ok = websocketBearer(r)
+	}
 	if !ok || secret == "" {
 		return Principal{}, api.Errorf(http.StatusUnauthorized, "missing bearer token")
 	}

@@ -477,6 +477,15 @@ func (l *Loop) health(ctx context.Context, now time.Time) error {
 	if err := l.writeInstances(ctx, "restart instances", prev, next); err != nil {
 		return err
 	}
+	var done []api.Object
+	for _, k := range slices.Sorted(maps.Keys(l.s.instances)) {
+		if in := l.s.instances[k]; reconcile.Removable(in) {
+			done = append(done, in)
+		}
+	}
+	if err := l.deleteAll(ctx, "remove exited instances", done); err != nil {
+		return err
+	}
 	for i, c := range next {
 		if c.Status.CrashLoop && !prev[i].Status.CrashLoop {
 			l.record(ctx, c.Tenant, "instances/"+c.Name, "Warning", "CrashLoop",

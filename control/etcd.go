@@ -107,6 +107,12 @@ func Bootstrap(ctx context.Context, st *Store, adminSecret string, now time.Time
 	if err := st.Create(ctx, t); err != nil && !api.IsConflict(err) {
 		return fmt.Errorf("bootstrap system tenant: %w", err)
 	}
+	// The tenant a CLI user lands in without asking for one, as every
+	// Docker user expects `run` to work on a fresh install.
+	d := &api.Tenant{Meta: api.Meta{Name: api.DefaultTenant, Created: now}, Description: "the tenant of commands that name none"}
+	if err := st.Create(ctx, d); err != nil && !api.IsConflict(err) {
+		return fmt.Errorf("bootstrap default tenant: %w", err)
+	}
 	parts := strings.SplitN(adminSecret, ".", 3)
 	if len(parts) != 3 || parts[0] != api.SystemTenant || api.ValidName(parts[1]) != nil {
 		return fmt.Errorf("admin token must look like system.NAME.SECRET")

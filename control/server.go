@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -40,6 +41,8 @@ type Server struct {
 	mu sync.Mutex
 	// leases caches node name → lease ID; guarded by mu.
 	leases map[string]clientv3.LeaseID
+	// agents holds one transport per node agent URL; guarded by mu.
+	agents map[string]*http.Transport
 }
 
 // NewServer returns the API handler.
@@ -70,6 +73,8 @@ func NewServer(cfg Config) *Server {
 	m.HandleFunc("GET /v1/nodes/{name}/instances", s.handleNodeInstances)
 	m.HandleFunc("POST /v1/addressblocks/{name}/claim", s.handleClaim)
 	m.HandleFunc("POST /v1/addressblocks/{name}/release", s.handleClaim)
+	s.routeMetrics(m)
+	s.containerRoutes(m)
 	s.mux = m
 	return s
 }
@@ -80,7 +85,11 @@ func (s *Server) Close() { s.cancel() }
 
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	r.Body = http.MaxBytesReader(w, r.Body, api.MaxBodyBytes)
+	limit := int64(api.MaxBodyBytes)
+	if r.Method == http.MethodPut && strings.HasSuffix(r.URL.Path, "/"+api.OpArchive) {
+		limit = maxArchiveBytes
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, limit)
 	s.mux.ServeHTTP(w, r)
 }
 
@@ -269,6 +278,9 @@ func (s *Server) handleCreate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	o, err := s.decodeObject(r, k, tenant)
+	if err == nil {
+		err = mayRun(p, o)
+	}
 	if err != nil {
 		s.fail(w, err)
 		return
@@ -339,12 +351,15 @@ func prepareInstance(v *api.Instance) {
 }
 
 func (s *Server) handleUpdate(w http.ResponseWriter, r *http.Request) {
-	_, k, tenant, name, err := s.target(r, verbWrite)
+	p, k, tenant, name, err := s.target(r, verbWrite)
 	if err != nil {
 		s.fail(w, err)
 		return
 	}
 	o, err := s.decodeObject(r, k, tenant)
+	if err == nil {
+		err = mayRun(p, o)
+	}
 	if err != nil {
 		s.fail(w, err)
 		return
@@ -379,7 +394,14 @@ func (s *Server) handleUpdate(w http.ResponseWriter, r *http.Request) {
 	case *api.Instance:
 		pv := prev.(*api.Instance)
 		v.Status = pv.Status
-		v.Spec.Node, v.Spec.RestartGeneration, v.Spec.Service = pv.Spec.Node, pv.Spec.RestartGeneration, pv.Spec.Service
+		// Raising the restart generation asks for one restart (berth
+		// restart, or start of an exited container), whatever the number;
+		// so does wanting a stopped instance running again.
+		gen := pv.Spec.RestartGeneration
+		if v.Spec.RestartGeneration > gen || pv.Spec.Desired == api.DesiredStopped && v.Spec.Desired != api.DesiredStopped {
+			gen = max(gen, pv.Status.Restarts) + 1
+		}
+		v.Spec.Node, v.Spec.RestartGeneration, v.Spec.Service = pv.Spec.Node, gen, pv.Spec.Service
 		v.Spec.TemplateHash = v.Spec.Template.Hash()
 	case *api.Node:
 		v.Status = prev.(*api.Node).Status
@@ -416,32 +438,41 @@ func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, api.Errorf(http.StatusForbidden, "the system tenant cannot be deleted"))
 		return
 	}
-	o, err := s.st.Get(r.Context(), k, tenant, name)
-	if err != nil {
-		s.fail(w, err)
-		return
-	}
-	if rv != 0 && o.GetMeta().ResourceVersion != rv {
-		s.fail(w, api.Errorf(http.StatusConflict, "%s %q is at version %d, not %d", k, name, o.GetMeta().ResourceVersion, rv))
-		return
-	}
-	if k == api.KindTenant {
-		// A tenant goes only when empty, so nothing is orphaned.
-		for _, tk := range []api.Kind{api.KindService, api.KindInstance} {
-			items, _, err := s.st.List(r.Context(), tk, name, nil)
-			if err != nil {
-				s.fail(w, err)
-				return
-			}
-			if len(items) > 0 {
-				s.fail(w, api.Errorf(http.StatusConflict, "tenant %q still has %d %s", name, len(items), tk))
-				return
+	// An unconditional delete retries when the object changes under it (an
+	// agent reporting status, say): the caller asked for it gone whatever
+	// its version.
+	for attempt := 0; ; attempt++ {
+		o, err := s.st.Get(r.Context(), k, tenant, name)
+		if err != nil {
+			s.fail(w, err)
+			return
+		}
+		if rv != 0 && o.GetMeta().ResourceVersion != rv {
+			s.fail(w, api.Errorf(http.StatusConflict, "%s %q is at version %d, not %d", k, name, o.GetMeta().ResourceVersion, rv))
+			return
+		}
+		if k == api.KindTenant {
+			// A tenant goes only when empty, so nothing is orphaned.
+			for _, tk := range []api.Kind{api.KindService, api.KindInstance} {
+				items, _, err := s.st.List(r.Context(), tk, name, nil)
+				if err != nil {
+					s.fail(w, err)
+					return
+				}
+				if len(items) > 0 {
+					s.fail(w, api.Errorf(http.StatusConflict, "tenant %q still has %d %s", name, len(items), tk))
+					return
+				}
 			}
 		}
-	}
-	if err := s.st.Delete(r.Context(), o); err != nil {
-		s.fail(w, err)
-		return
+		err = s.st.Delete(r.Context(), o)
+		if err == nil {
+			break
+		}
+		if rv != 0 || !api.IsConflict(err) || attempt >= 10 {
+			s.fail(w, err)
+			return
+		}
 	}
 	w.WriteHeader(http.StatusNoContent)
 }

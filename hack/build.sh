@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Builds Berth's two executables into ./bin: berth (everything) and
-# berth-runtime (the lean OCI runtime; see DESIGN.md for why it is separate).
+# Builds Berth's executables into ./bin: berth (the CLI, a lean API client),
+# berthd (berth up, berth server and the image store, which the CLI hands
+# over to), berth-runtime (the lean OCI runtime) and berth-init (PID 1 of
+# every container); docs/design-notes.md says why they are separate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p bin
@@ -11,4 +13,5 @@ go build -tags netgo,osusergo \
   -ldflags "-X main.version=$version -linkmode external -extldflags -static" \
   -o bin/berth-runtime ./cmd/berth-runtime
 go build -o bin/berth ./cmd/berth
+go build -o bin/berthd ./cmd/berthd
 gcc -static -Os -s -o bin/berth-init cmd/berth-init/berth-init.c

@@ -10,6 +10,8 @@ packages=(
   runc crun podman                          # runtime comparisons; podman drives berth-runtime
   docker-registry skopeo umoci              # image tests: a real registry, a second tool
   hyperfine time file procps psmisc kmod
+  chromium fonts-dejavu-core                # the console's browser test (headless)
+  util-linux                                # nsenter: berth up's end-to-end test runs it in namespaces
 )
 
 missing=()
@@ -32,3 +34,6 @@ if ! command -v go >/dev/null 2>&1; then
   fi
 fi
 go mod download
+# The console's browser test drives chromium with playwright-core, pinned in
+# console/package-lock.json (Node.js and npm come with the machine).
+if command -v npm >/dev/null 2>&1; then (cd console && npm ci --no-audit --no-fund --loglevel=error); fi

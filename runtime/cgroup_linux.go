@@ -26,7 +26,7 @@ func cgroupPathFor(id string, spec *specs.Spec) string {
 // the container's cgroup.
 func (r *Native) newCgroup(id string, spec *specs.Spec) (*cgroupHandle, error) {
 	p := cgroupPathFor(id, spec)
-	h, err := cgroups.Detect()
+	h, err := r.hierarchy()
 	if err != nil {
 		return nil, err
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/berth-dev/berth/runtime/cgroups"
 	"io"
 	"log/slog"
 	"os"
@@ -55,6 +56,17 @@ type Native struct {
 	// exits holds the exit codes of inits this process reaped (container
 	// ID → int), for ExitCode.
 	exits sync.Map
+	// hier is the host's cgroup hierarchy, detected once: the mount table
+	// it is read from grows with every container.
+	hierOnce sync.Once
+	hier     cgroups.Hierarchy
+	hierErr  error
+}
+
+// hierarchy returns the host's cgroup hierarchy.
+func (r *Native) hierarchy() (cgroups.Hierarchy, error) {
+	r.hierOnce.Do(func() { r.hier, r.hierErr = cgroups.Detect() })
+	return r.hier, r.hierErr
 }
 
 // NewNative returns a runtime keeping its state under root.

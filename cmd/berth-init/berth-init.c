@@ -8,12 +8,24 @@
  * files, and the workload's exit code when it ends. So logs never fill the
  * disk, and an exit code survives an agent that is down at the time.
  *
+ * With -t the workload gets a terminal (a pty opened here, inside the
+ * container, as its controlling terminal), with -i a standard input that
+ * stays open; either way berth-init listens on ATTACH_NAME, a seqpacket
+ * socket in the log directory, for the agent to attach to. Output still
+ * goes to the log files; attached clients get a copy. Messages on the
+ * socket are one byte of type, then the payload:
+ *   client -> init: CH_STDIN data, MSG_RESIZE rows cols (u16 LE each),
+ *                   MSG_CLOSE (end the workload's input)
+ *   init -> client: CH_STDOUT data, CH_STDERR data, MSG_BUSY (too many
+ *                   clients: this one is refused)
+ * A client that goes away detaches; the workload runs on.
+ *
  * It is C, static and allocation-free so that an idle container costs the
  * host a few pages, not a Go runtime.
  *
  *   berth-init -U     (hold a new user namespace for the agent; see below)
  *   berth-init [-l DIR] [-s MAXBYTES] [-n FILES] [-u UID] [-g GID]
- *              [-G GID,GID...] [-D CAP,CAP...] -- COMMAND [ARG...]
+ *              [-G GID,GID...] [-D CAP,CAP...] [-t] [-i] -- COMMAND [ARG...]
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -25,7 +37,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
@@ -37,10 +52,16 @@
 
 #define LOG_NAME "container.log"
 #define MAX_GROUPS 64
+#define ATTACH_NAME "attach.sock"
+#define MAX_CLIENTS 4
+
+enum { CH_STDIN = 0, CH_STDOUT = 1, CH_STDERR = 2, MSG_RESIZE = 3, MSG_CLOSE = 4, MSG_BUSY = 5 };
 
 static int logdir = -1, logfd = -1;
 static long long logsize, maxsize = 10LL << 20;
 static int nfiles = 3;
+static int tty, stdinOpen;
+static int clients[MAX_CLIENTS] = {-1, -1, -1, -1};
 
 static void die(const char *what)
 {
@@ -98,9 +119,50 @@ static void emit(const char *stream, const char *p, size_t n, int full)
 		logsize += w;
 }
 
+static void drop_client(int i)
+{
+	close(clients[i]);
+	clients[i] = -1;
+}
+
+/* broadcast copies output to every attached client. A client that cannot
+ * take it within the socket's send timeout is dropped rather than allowed
+ * to stall the workload. */
+static void broadcast(unsigned char ch, const char *p, size_t n)
+{
+	struct iovec iov[2] = {{&ch, 1}, {(void *)p, n}};
+	struct msghdr m = {.msg_iov = iov, .msg_iovlen = 2};
+	for (int i = 0; i < MAX_CLIENTS; i++)
+		if (clients[i] >= 0 && sendmsg(clients[i], &m, MSG_NOSIGNAL) < 0)
+			drop_client(i);
+}
+
+/* recent keeps a terminal's last output, replayed to a client as it
+ * attaches: attaching follows the start, and `run -it` would otherwise
+ * miss the shell's first prompt (a re-attach sees the screen's tail, as
+ * with screen or tmux). */
+static char recent[2048];
+static size_t nrecent;
+
+static void remember(const char *p, size_t n)
+{
+	if (n >= sizeof recent) {
+		memcpy(recent, p + n - sizeof recent, sizeof recent);
+		nrecent = sizeof recent;
+		return;
+	}
+	if (nrecent + n > sizeof recent) {
+		size_t drop = nrecent + n - sizeof recent;
+		memmove(recent, recent + drop, nrecent - drop);
+		nrecent -= drop;
+	}
+	memcpy(recent + nrecent, p, n);
+	nrecent += n;
+}
+
 /* pump reads what the stream has and logs it line by line; it returns 0 at
- * end of file. */
-static int pump(int fd, const char *stream)
+ * end of file (or, for a pty, once no process holds the terminal). */
+static int pump(int fd, const char *stream, unsigned char ch)
 {
 	static char buf[16384];
 	ssize_t n = read(fd, buf, sizeof buf);
@@ -108,6 +170,9 @@ static int pump(int fd, const char *stream)
 		return errno == EAGAIN || errno == EINTR;
 	if (n == 0)
 		return 0;
+	broadcast(ch, buf, (size_t)n);
+	if (tty)
+		remember(buf, (size_t)n);
 	char *p = buf, *end = buf + n;
 	while (p < end) {
 		char *nl = memchr(p, '\n', end - p);
@@ -115,10 +180,124 @@ static int pump(int fd, const char *stream)
 			emit(stream, p, end - p, 0);
 			break;
 		}
-		emit(stream, p, nl - p, 1);
+		/* A terminal ends lines with CRLF; the log keeps the line. */
+		emit(stream, p, nl - p - (tty && nl > p && nl[-1] == '\r'), 1);
 		p = nl + 1;
 	}
 	return 1;
+}
+
+/* listen_attach binds the attach socket in the log directory while it is
+ * still mounted, so the socket stays reachable from the host (and only
+ * from there) once the directory is unmounted. */
+static int listen_attach(const char *dir)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	if (snprintf(sa.sun_path, sizeof sa.sun_path, "%s/%s", dir, ATTACH_NAME) >= (int)sizeof sa.sun_path) {
+		errno = ENAMETOOLONG;
+		die("attach socket path");
+	}
+	unlinkat(logdir, ATTACH_NAME, 0);
+	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(fd, MAX_CLIENTS) < 0)
+		die("attach socket");
+	fchmodat(logdir, ATTACH_NAME, 0600, 0);
+	return fd;
+}
+
+static void accept_client(int lfd)
+{
+	int c = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+	if (c < 0)
+		return;
+	for (int i = 0; i < MAX_CLIENTS; i++) {
+		if (clients[i] < 0) {
+			struct timeval tv = {2, 0};
+			setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+			clients[i] = c;
+			if (nrecent > 0) {
+				unsigned char ch = CH_STDOUT;
+				struct iovec iov[2] = {{&ch, 1}, {recent, nrecent}};
+				struct msghdr m = {.msg_iov = iov, .msg_iovlen = 2};
+				if (sendmsg(c, &m, MSG_NOSIGNAL) < 0)
+					drop_client(i);
+			}
+			return;
+		}
+	}
+	unsigned char busy = MSG_BUSY;
+	send(c, &busy, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+	close(c);
+}
+
+/* Input from a client waits here until the workload takes it; while it
+ * does, no more input is read, so a workload that does not read cannot
+ * make berth-init block or buffer without bound. */
+static char pending[16384];
+static size_t npending, offpending;
+
+static void flush_input(int in)
+{
+	while (npending > offpending) {
+		ssize_t w = write(in, pending + offpending, npending - offpending);
+		if (w < 0) {
+			if (errno == EAGAIN || errno == EINTR)
+				return;
+			npending = 0; /* the workload closed its input */
+			break;
+		}
+		offpending += (size_t)w;
+	}
+	npending = offpending = 0;
+}
+
+/* client_message handles one message from client i; in is the workload's
+ * input (pipe or pty master), -1 once closed. It returns the new in. */
+static int client_message(int i, int in)
+{
+	ssize_t n = recv(clients[i], pending, sizeof pending, MSG_DONTWAIT);
+	if (n < 0) {
+		if (errno != EAGAIN && errno != EINTR)
+			drop_client(i);
+		return in;
+	}
+	if (n == 0) {
+		drop_client(i);
+		return in;
+	}
+	switch ((unsigned char)pending[0]) {
+	case CH_STDIN:
+		if (in >= 0 && stdinOpen && n > 1) {
+			npending = (size_t)n;
+			offpending = 1;
+			flush_input(in);
+		}
+		break;
+	case MSG_RESIZE:
+		if (tty && n >= 5) {
+			unsigned char *b = (unsigned char *)pending + 1;
+			struct winsize ws = {.ws_row = (unsigned short)(b[0] | b[1] << 8),
+					     .ws_col = (unsigned short)(b[2] | b[3] << 8)};
+			ioctl(in, TIOCSWINSZ, &ws);
+		}
+		break;
+	case MSG_CLOSE:
+		if (!stdinOpen || in < 0)
+			break;
+		if (tty) {
+			/* A terminal has no end of input, only its EOF character. */
+			npending = 2;
+			pending[1] = 4;
+			offpending = 1;
+			flush_input(in);
+		} else {
+			close(in);
+			in = -1;
+		}
+		stdinOpen = 0;
+		break;
+	}
+	return in;
 }
 
 static void write_exit(int code)
@@ -155,11 +334,11 @@ int main(int argc, char **argv)
 	const char *dir = NULL;
 	long uid = -1, gid = -1;
 	gid_t groups[MAX_GROUPS];
-	int ngroups = -1, opt, ndrop = 0, drop[8];
+	int ngroups = -1, opt, ndrop = 0, drop[8], wantStdin = 0;
 
 	if (argc == 2 && strcmp(argv[1], "-U") == 0)
 		return holdUserns();
-	while ((opt = getopt(argc, argv, "+l:s:n:u:g:G:D:")) != -1) {
+	while ((opt = getopt(argc, argv, "+l:s:n:u:g:G:D:ti")) != -1) {
 		switch (opt) {
 		case 'l': dir = optarg; break;
 		case 's': maxsize = atoll(optarg); break;
@@ -175,6 +354,8 @@ int main(int argc, char **argv)
 			}
 			break;
 		}
+		case 't': tty = 1; break;
+		case 'i': wantStdin = 1; break;
 		case 'D':
 			for (char *s = optarg; *s && ndrop < 8;) {
 				drop[ndrop++] = (int)strtol(s, &s, 10);
@@ -191,27 +372,50 @@ int main(int argc, char **argv)
 		dprintf(2, "berth-init: no command\n");
 		return 125;
 	}
+	if ((tty || wantStdin) && !dir) {
+		dprintf(2, "berth-init: -t and -i need -l\n");
+		return 125;
+	}
 	if (maxsize < 4096)
 		maxsize = 4096;
 	if (nfiles < 1)
 		nfiles = 1;
 
-	int out[2] = {-1, -1}, err[2] = {-1, -1};
+	int out[2] = {-1, -1}, err[2] = {-1, -1}, in[2] = {-1, -1}, master = -1, slave = -1, lfd = -1;
 	if (dir) {
 		logdir = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 		if (logdir < 0)
 			die("open log directory");
+		if (tty || wantStdin)
+			lfd = listen_attach(dir);
 		/* The workload must not see or reach the log directory. */
 		umount2(dir, MNT_DETACH);
 		open_log();
-		if (pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0)
+		if (tty) {
+			master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+			if (master < 0 || grantpt(master) < 0 || unlockpt(master) < 0)
+				die("open pty");
+			/* Opened before the fork: a master whose slave was never
+			 * open would not report the end when the workload goes. */
+			slave = ioctl(master, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC);
+			if (slave < 0)
+				die("open pty slave");
+		} else if (pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0) {
 			die("pipe");
+		}
+		if (wantStdin && !tty && pipe2(in, O_CLOEXEC) < 0)
+			die("pipe");
+		stdinOpen = wantStdin;
 	}
 	/* Keep same-uid workloads from ptracing us or opening /proc/1/fd. */
 	prctl(PR_SET_DUMPABLE, 0);
 
+	/* A client or workload gone mid-write must not signal anyone: SIGPIPE
+	 * is ignored here (never forwarded), and reset for the workload. */
 	sigset_t all, old;
 	sigfillset(&all);
+	sigdelset(&all, SIGPIPE);
+	signal(SIGPIPE, SIG_IGN);
 	sigprocmask(SIG_SETMASK, &all, &old);
 	int sfd = signalfd(-1, &all, SFD_CLOEXEC | SFD_NONBLOCK);
 	if (sfd < 0)
@@ -221,15 +425,33 @@ int main(int argc, char **argv)
 	if (child < 0)
 		die("fork");
 	if (child == 0) {
+		/* Whatever berth-init was started with, the workload starts
+		 * with every signal at its default (a SIGINT ignored by the
+		 * caller would make ^C useless). */
+		for (int sig = 1; sig < NSIG; sig++)
+			if (sig != SIGKILL && sig != SIGSTOP)
+				signal(sig, SIG_DFL);
 		sigprocmask(SIG_SETMASK, &old, NULL);
 		setsid();
-		if (dir) {
+		if (tty) {
+			/* After setsid it becomes the workload's controlling
+			 * terminal: ^C reaches its foreground process group. */
+			if (ioctl(slave, TIOCSCTTY, 0) < 0)
+				die("controlling terminal");
+			if (dup2(slave, 0) < 0 || dup2(slave, 1) < 0 || dup2(slave, 2) < 0)
+				die("dup2");
+		} else if (dir) {
 			if (dup2(out[1], 1) < 0 || dup2(err[1], 2) < 0)
 				die("dup2");
-			int null = open("/dev/null", O_RDONLY);
-			if (null >= 0 && null != 0) {
-				dup2(null, 0);
-				close(null);
+			if (in[0] >= 0) {
+				if (dup2(in[0], 0) < 0)
+					die("dup2");
+			} else {
+				int null = open("/dev/null", O_RDONLY);
+				if (null >= 0 && null != 0) {
+					dup2(null, 0);
+					close(null);
+				}
 			}
 		}
 		/* Capabilities only berth-init needed leave the bound now; the
@@ -248,29 +470,51 @@ int main(int argc, char **argv)
 		dprintf(2, "berth-init: exec %s: %s\n", argv[optind], strerror(e));
 		_exit(e == ENOENT ? 127 : 126);
 	}
-	if (dir) {
+	/* input is where client input goes: the pty master or the stdin pipe. */
+	int input = -1;
+	if (tty) {
+		close(slave);
+		out[0] = master;
+		input = master;
+	} else if (dir) {
 		close(out[1]);
 		close(err[1]);
-		fcntl(out[0], F_SETFL, O_NONBLOCK);
 		fcntl(err[0], F_SETFL, O_NONBLOCK);
+		if (in[0] >= 0) {
+			close(in[0]);
+			input = in[1];
+			fcntl(input, F_SETFL, O_NONBLOCK);
+		}
 	}
+	if (dir)
+		fcntl(out[0], F_SETFL, O_NONBLOCK);
 
-	int code = -1, outOpen = dir != NULL, errOpen = dir != NULL;
+	int code = -1, outOpen = dir != NULL, errOpen = dir != NULL && !tty;
 	struct timespec ended = {0, 0}, now;
 	for (;;) {
-		struct pollfd p[3] = {{sfd, POLLIN, 0}, {outOpen ? out[0] : -1, POLLIN, 0},
-				      {errOpen ? err[0] : -1, POLLIN, 0}};
+		struct pollfd p[5 + MAX_CLIENTS] = {{sfd, POLLIN, 0}, {outOpen ? out[0] : -1, POLLIN, 0},
+						    {errOpen ? err[0] : -1, POLLIN, 0}, {lfd, POLLIN, 0},
+						    {npending ? input : -1, POLLOUT, 0}};
+		for (int i = 0; i < MAX_CLIENTS; i++)
+			p[5 + i] = (struct pollfd){npending ? -1 : clients[i], POLLIN, 0};
 		/* Once the workload is gone, drain what its descendants still
 		 * write for a moment, then end: PID 1 leaving ends them all. */
-		int n = poll(p, 3, code >= 0 ? 100 : -1);
+		int n = poll(p, 5 + MAX_CLIENTS, code >= 0 ? 100 : -1);
 		if (n < 0 && errno != EINTR)
 			die("poll");
 		if (n == 0)
 			break;
-		if (p[1].revents && !pump(out[0], "stdout"))
+		if (p[1].revents && !pump(out[0], "stdout", CH_STDOUT))
 			outOpen = 0;
-		if (p[2].revents && !pump(err[0], "stderr"))
+		if (p[2].revents && !pump(err[0], "stderr", CH_STDERR))
 			errOpen = 0;
+		if (p[3].revents)
+			accept_client(lfd);
+		if (p[4].revents)
+			flush_input(input);
+		for (int i = 0; i < MAX_CLIENTS; i++)
+			if (p[5 + i].revents && clients[i] >= 0)
+				input = client_message(i, input);
 		if (p[0].revents) {
 			struct signalfd_siginfo si;
 			while (read(sfd, &si, sizeof si) == sizeof si) {

@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
+	"text/template"
 
 	"github.com/berth-dev/berth/api"
 	"github.com/spf13/cobra"
@@ -21,10 +23,24 @@ func (a *apiFlags) add(cmd *cobra.Command) {
 	f := cmd.PersistentFlags()
 	f.StringVar(&a.server, "server", envOr("BERTH_SERVER", "http://127.0.0.1:7070"), "API server URL ($BERTH_SERVER)")
 	f.StringVar(&a.token, "token", os.Getenv("BERTH_TOKEN"), "bearer token ($BERTH_TOKEN)")
-	f.StringVar(&a.tenant, "tenant", envOr("BERTH_TENANT", "default"), "tenant ($BERTH_TENANT)")
+	f.StringVar(&a.tenant, "tenant", envOr("BERTH_TENANT", api.DefaultTenant), "tenant ($BERTH_TENANT)")
 }
 
-func (a *apiFlags) client() *api.Client { return api.NewClient(a.server, a.token, nil) }
+// defaultRoot is where `berth up` keeps its data (and admin token) by default.
+const defaultRoot = "/var/lib/berth"
+
+// client speaks to the server. Without a token it uses the admin token
+// that `berth up` keeps in its default data directory, if this user can
+// read it: on one machine, root's berth commands just work.
+func (a *apiFlags) client() *api.Client {
+	tok := a.token
+	if tok == "" {
+		if b, err := os.ReadFile(filepath.Join(defaultRoot, "admin-token")); err == nil {
+			tok = strings.TrimSpace(string(b))
+		}
+	}
+	return api.NewClient(a.server, tok, nil)
+}
 
 func envOr(k, def string) string {
 	if v := os.Getenv(k); v != "" {
@@ -39,6 +55,26 @@ func printJSON(v any) error {
 	return enc.Encode(v)
 }
 
+// printJSONLine writes v as one line, for streams a script reads line by line.
+func printJSONLine(v any) error { return json.NewEncoder(os.Stdout).Encode(v) }
+
+// printTemplate applies a Go template (docker's --format) to each item.
+func printTemplate[T any](format string, items []T) error {
+	tmpl, err := template.New("format").Funcs(template.FuncMap{
+		"json": func(v any) (string, error) { b, err := json.Marshal(v); return string(b), err },
+	}).Parse(format)
+	if err != nil {
+		return fmt.Errorf("--format: %w", err)
+	}
+	for _, it := range items {
+		if err := tmpl.Execute(os.Stdout, it); err != nil {
+			return fmt.Errorf("--format: %w", err)
+		}
+		fmt.Println()
+	}
+	return nil
+}
+
 func newServiceCmd() *cobra.Command {
 	var af apiFlags
 	cmd := &cobra.Command{Use: "service", Short: "Manage replicated services"}
@@ -47,7 +83,9 @@ func newServiceCmd() *cobra.Command {
 	var image, restart string
 	var replicas, parallelism int
 	var cpu, mem int64
-	var env, constraints []string
+	var constraints []string
+	var tf templateFlags
+	var format string
 	create := &cobra.Command{
 		Use:   "create NAME [-- COMMAND...]",
 		Short: "Create a service",
@@ -55,12 +93,8 @@ func newServiceCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s := &api.Service{Meta: api.Meta{Name: args[0], Tenant: af.tenant}, Spec: api.ServiceSpec{Replicas: replicas, Parallelism: parallelism,
 				Template: api.Template{Image: image, Command: args[1:], Restart: restart, Resources: api.Resources{CPU: cpu, Memory: mem << 20}}}}
-			for _, e := range env {
-				k, v, _ := strings.Cut(e, "=")
-				if s.Spec.Template.Env == nil {
-					s.Spec.Template.Env = map[string]string{}
-				}
-				s.Spec.Template.Env[k] = v
+			if err := tf.apply(&s.Spec.Template); err != nil {
+				return err
 			}
 			for _, c := range constraints {
 				s.Spec.Template.Constraints = append(s.Spec.Template.Constraints, parseConstraint(c))
@@ -79,7 +113,7 @@ func newServiceCmd() *cobra.Command {
 	cf.Int64Var(&cpu, "cpu", 0, "CPU per instance, millicores")
 	cf.Int64Var(&mem, "memory", 0, "memory per instance, MiB")
 	cf.StringVar(&restart, "restart", "always", "restart policy: always, on-failure, never")
-	cf.StringArrayVarP(&env, "env", "e", nil, "environment KEY=VALUE")
+	tf.add(cf)
 	cf.StringArrayVar(&constraints, "constraint", nil, "placement constraint: key==value, key!=value or key")
 
 	list := &cobra.Command{
@@ -89,6 +123,9 @@ func newServiceCmd() *cobra.Command {
 			l, err := api.ListOf[*api.Service](cmd.Context(), af.client(), af.tenant, "")
 			if err != nil {
 				return err
+			}
+			if format == "json" {
+				return printJSON(l.Items)
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tIMAGE\tREPLICAS\tREADY\tROLLOUT")
@@ -144,6 +181,9 @@ func newServiceCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if format == "json" {
+				return printJSON(l.Items)
+			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "INSTANCE\tNODE\tPHASE\tHEALTH\tRESTARTS\tIP\tREASON")
 			for _, in := range l.Items {
@@ -166,6 +206,8 @@ func newServiceCmd() *cobra.Command {
 			return af.client().Delete(cmd.Context(), api.KindService, af.tenant, args[0], 0)
 		},
 	}
+	list.Flags().StringVar(&format, "format", "", "table (default) or json")
+	ps.Flags().StringVar(&format, "format", "", "table (default) or json")
 	cmd.AddCommand(create, list, inspect, ps, scale, update, rollback, rm)
 	return cmd
 }
@@ -203,6 +245,7 @@ func modifyService(ctx context.Context, af apiFlags, name string, f func(*api.Se
 
 func newNodeCmd() *cobra.Command {
 	var af apiFlags
+	var format string
 	cmd := &cobra.Command{Use: "node", Short: "Inspect and drain nodes"}
 	af.add(cmd)
 	list := &cobra.Command{
@@ -212,12 +255,29 @@ func newNodeCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if format == "json" {
+				return printJSON(l.Items)
+			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tPHASE\tCPU\tMEMORY\tLABELS")
 			for _, n := range l.Items {
 				fmt.Fprintf(tw, "%s\t%s\t%dm\t%dMiB\t%s\n", n.Name, n.Status.Phase, n.Spec.Capacity.CPU, n.Spec.Capacity.Memory>>20, api.FormatLabels(n.Labels))
 			}
 			return tw.Flush()
+		},
+	}
+	inspect := &cobra.Command{
+		Use: "inspect NAME...", Short: "Show nodes as JSON", Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var out []*api.Node
+			for _, name := range args {
+				n := &api.Node{}
+				if err := af.client().Get(cmd.Context(), "", name, n); err != nil {
+					return err
+				}
+				out = append(out, n)
+			}
+			return printJSON(out)
 		},
 	}
 	drain := &cobra.Command{
@@ -234,7 +294,8 @@ func newNodeCmd() *cobra.Command {
 			return err
 		},
 	}
-	cmd.AddCommand(list, drain, move)
+	list.Flags().StringVar(&format, "format", "", "table (default) or json")
+	cmd.AddCommand(list, inspect, drain, move)
 	return cmd
 }
 

@@ -1,6 +1,7 @@
-// Command berth is Berth's one CLI: the control plane, the node agent, the
-// image store and the Docker-like verbs. The OCI runtime lives in the lean
-// berth-runtime executable beside it; `berth runtime ...` hands over to it.
+// Command berth is Berth's one CLI: the Docker-like verbs, services, nodes
+// and tokens, all through the API. It stays a lean client; `berth up`,
+// `server`, `image`, `system` and `login` hand over to berthd beside it, and
+// `berth runtime` to berth-runtime (see runtime.go).
 package main
 
 import (
@@ -13,7 +14,10 @@ import (
 func main() {
 	root := newRootCmd()
 	if err := root.Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "berth:", err)
+		// A container's own exit code is passed on without a word.
+		if e, ok := err.(*exitError); !ok || e.err != nil {
+			fmt.Fprintln(os.Stderr, "berth:", err)
+		}
 		os.Exit(exitCode(err))
 	}
 }
@@ -26,16 +30,29 @@ func newRootCmd() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(
-		newRuntimeCmd(),
-		newImageCmd(),
-		newSystemCmd(),
-		newLoginCmd(),
-		newServerCmd(),
-		newUpCmd(),
+		handover("runtime [runc arguments]", "The OCI runtime (runc's command line), served by berth-runtime", "berth-runtime"),
+		handover("up", "Run Berth on this machine: embedded etcd, the control plane and the node agent in one process", "berthd"),
+		handover("server", "Run the control plane: the API, and (when elected leader) the scheduler and controllers", "berthd"),
+		handover("image", "Pull, push, build archives of and manage this machine's images", "berthd"),
+		handover("system", "Disk usage and clean-up of this machine's Berth data", "berthd"),
+		handover("login", "Check registry credentials and store them in ~/.docker/config.json", "berthd"),
 		newServiceCmd(),
 		newNodeCmd(),
 		newTokenCmd(),
 	)
+	// The Docker-like verbs share one set of connection flags.
+	af := &apiFlags{}
+	for _, c := range []*cobra.Command{newRunCmd(af), newPsCmd(af), newLogsCmd(af), newExecCmd(af), newAttachCmd(af),
+		newStopCmd(af), newStartCmd(af), newRestartCmd(af), newKillCmd(af), newRmCmd(af), newInspectCmd(af),
+		newStatsCmd(af), newTopCmd(af), newWaitCmd(af), newCpCmd(af), newEventsCmd(af)} {
+		af.add(c)
+		c.GroupID = "containers"
+		if c.Name() != "run" && c.Name() != "ps" && c.Name() != "events" && c.Name() != "cp" {
+			c.ValidArgsFunction = completeInstances(af)
+		}
+		root.AddCommand(c)
+	}
+	root.AddGroup(&cobra.Group{ID: "containers", Title: "Containers:"})
 	return root
 }
 
@@ -45,7 +62,12 @@ type exitError struct {
 	err  error
 }
 
-func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Error() string {
+	if e.err == nil {
+		return fmt.Sprintf("exit code %d", e.code)
+	}
+	return e.err.Error()
+}
 func (e *exitError) Unwrap() error { return e.err }
 
 func exitCode(err error) int {

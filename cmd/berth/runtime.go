@@ -11,21 +11,28 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// newRuntimeCmd hands `berth runtime ARGS` to berth-runtime. The runtime is a
-// separate, lean executable because this binary links etcd and gRPC, whose
-// package initialisers alone cost ~30 ms per process start, more than a whole
-// container start is allowed to take.
-func newRuntimeCmd() *cobra.Command {
+// This executable is the lean client: it links the API client and nothing
+// of the servers, so that every command starts in a few milliseconds
+// (etcd's and gRPC's package initialisers alone cost tens of milliseconds,
+// more than `berth run` may spend end to end). What runs a server or
+// touches this machine's stores hands over to a sibling executable:
+// berth-runtime for the OCI runtime, berthd for the rest.
+
+// handover is a command served by another executable beside this one.
+func handover(use, short, exe string) *cobra.Command {
 	return &cobra.Command{
-		Use:                "runtime [runc arguments]",
-		Short:              "The OCI runtime (runc's command line), served by berth-runtime",
+		Use:                use,
+		Short:              short,
 		DisableFlagParsing: true,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			path, err := runtimePath()
+			path, err := besideSelf(exe)
 			if err != nil {
 				return err
 			}
 			argv := append([]string{path}, args...)
+			if exe != "berth-runtime" {
+				argv = append([]string{path, cmd.Name()}, args...)
+			}
 			if err := syscall.Exec(path, argv, os.Environ()); err != nil {
 				return fmt.Errorf("exec %s: %w", path, err)
 			}
@@ -34,17 +41,17 @@ func newRuntimeCmd() *cobra.Command {
 	}
 }
 
-// runtimePath finds berth-runtime beside this executable, then on PATH.
-func runtimePath() (string, error) {
+// besideSelf finds a sibling executable beside this one, then on PATH.
+func besideSelf(name string) (string, error) {
 	if self, err := os.Executable(); err == nil {
-		p := filepath.Join(filepath.Dir(self), "berth-runtime")
+		p := filepath.Join(filepath.Dir(self), name)
 		if _, err := os.Stat(p); err == nil {
 			return p, nil
 		}
 	}
-	p, err := exec.LookPath("berth-runtime")
+	p, err := exec.LookPath(name)
 	if err != nil {
-		return "", errors.New("berth-runtime not found beside berth or on PATH: build it with hack/build.sh")
+		return "", errors.New(name + " not found beside berth or on PATH: build it with hack/build.sh")
 	}
 	return p, nil
 }

@@ -30,9 +30,9 @@ type upProcess struct {
 	done chan error
 }
 
-func startUp(t *testing.T, berth, dataDir string) *upProcess {
+func startUp(t *testing.T, berth, dataDir string, args ...string) *upProcess {
 	t.Helper()
-	cmd := exec.Command(berth, "up", "--data-dir", dataDir, "--listen", "127.0.0.1:0", "--node-name", "up-test")
+	cmd := exec.Command(berth, append([]string{"up", "--data-dir", dataDir, "--listen", "127.0.0.1:0", "--node-name", "up-test"}, args...)...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -132,7 +132,7 @@ func TestUpRunsContainersThatOutliveIt(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	p := startUp(t, berth, data)
+	p := startUp(t, berth, data, "--network", "none")
 	secret, err := os.ReadFile(filepath.Join(data, "admin-token"))
 	if err != nil {
 		t.Fatal(err)
@@ -172,7 +172,7 @@ func TestUpRunsContainersThatOutliveIt(t *testing.T) {
 		t.Fatalf("workload %d gone with berth up: %v", pid, err)
 	}
 
-	p = startUp(t, berth, data)
+	p = startUp(t, berth, data, "--network", "none")
 	admin = api.NewClient(p.addr, strings.TrimSpace(string(secret)), nil)
 	wait(t, "instance adopted", func() error {
 		if err := runningOnce(admin); err != nil {

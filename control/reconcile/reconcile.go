@@ -192,3 +192,12 @@ func Health(in *api.Instance, now time.Time) (HealthAction, bool) {
 	at := since.Add(backoff)
 	return HealthAction{Restart: !now.Before(at), At: at, CrashLoop: crash}, true
 }
+
+// Removable reports whether an auto-removed instance (docker run --rm) is
+// done: it ran on a node, exited or failed there, and no restart is pending.
+func Removable(in *api.Instance) bool {
+	if !in.Spec.AutoRemove || in.Spec.Node == "" || in.Spec.RestartGeneration > in.Status.Restarts {
+		return false
+	}
+	return in.Status.Phase == api.PhaseExited || in.Status.Phase == api.PhaseFailed
+}

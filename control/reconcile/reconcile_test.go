@@ -88,3 +88,29 @@ func TestHealth(t *testing.T) {
 		t.Fatal(fmt.Sprint("unhealthy instance not scheduled for restart: ", a, ok))
 	}
 }
+
+func TestRemovable(t *testing.T) {
+	base := func(f func(*api.Instance)) *api.Instance {
+		in := &api.Instance{Spec: api.InstanceSpec{AutoRemove: true, Node: "n1", Template: api.Template{Restart: api.RestartNever}},
+			Status: api.InstanceStatus{Phase: api.PhaseExited}}
+		f(in)
+		return in
+	}
+	for _, tc := range []struct {
+		name string
+		in   *api.Instance
+		want bool
+	}{
+		{"exited", base(func(*api.Instance) {}), true},
+		{"failed to start", base(func(in *api.Instance) { in.Status.Phase = api.PhaseFailed }), true},
+		{"running", base(func(in *api.Instance) { in.Status.Phase = api.PhaseRunning }), false},
+		{"not auto-removed", base(func(in *api.Instance) { in.Spec.AutoRemove = false }), false},
+		{"never placed", base(func(in *api.Instance) { in.Spec.Node = ""; in.Status.Phase = api.PhasePending }), false},
+		{"restart requested", base(func(in *api.Instance) { in.Spec.RestartGeneration = 1 }), false},
+		{"lost with its node", base(func(in *api.Instance) { in.Status.Phase = api.PhaseLost }), false},
+	} {
+		if got := Removable(tc.in); got != tc.want {
+			t.Errorf("%s: Removable = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}

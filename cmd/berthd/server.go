@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/berth-dev/berth/console"
 	"github.com/berth-dev/berth/control"
 	"github.com/spf13/cobra"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
@@ -108,7 +109,11 @@ func newServerCmd() *cobra.Command {
 
 // serveAPI serves handler on ln until ctx ends, then shuts down gracefully.
 func serveAPI(ctx context.Context, handler http.Handler, ln net.Listener) error {
-	srv := &http.Server{Handler: handler,
+	// The console is served beside the API it uses, from the same origin.
+	mux := http.NewServeMux()
+	mux.Handle("/v1/", handler)
+	mux.Handle("/", console.Handler())
+	srv := &http.Server{Handler: mux,
 		ReadHeaderTimeout: 10 * time.Second, TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12}}
 	// Cleartext HTTP/2 as well as HTTP/1.1: an agent's watch and its
 	// reports can share one connection.

@@ -27,22 +27,25 @@ import (
 // and this machine's node agent in one process.
 func newUpCmd() *cobra.Command {
 	var dataDir, listen, etcdListen, nodeName, network string
+	var pools []string
 	cmd := &cobra.Command{
 		Use:   "up",
 		Short: "Run Berth on this machine: embedded etcd, the control plane and the node agent in one process",
 		Long: `Run Berth on this machine: embedded etcd, the control plane and the node agent in one process.
 State lives under --data-dir: etcd/, admin-token, image/ (the store ` + "`berth image --root`" + ` uses),
-runtime/ and agent/. Stopping it (Ctrl-C, SIGTERM) stops the control plane but not the containers;
-starting it again adopts them.`,
+runtime/, agent/ and network/ (the node's container addresses). Each container gets its own
+routable IP on --network, from the blocks of --pool this node claims. Stopping it (Ctrl-C,
+SIGTERM) stops the control plane but not the containers; starting it again adopts them.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if network != "none" {
-				return fmt.Errorf("--network %q: only none is supported by berth up yet", network)
+			unet, err := parseUpNetwork(network, pools)
+			if err != nil {
+				return err
 			}
 			log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return up(ctx, log, upConfig{dataDir: dataDir, listen: listen, etcdListen: etcdListen, node: nodeName},
+			return up(ctx, log, upConfig{dataDir: dataDir, listen: listen, etcdListen: etcdListen, node: nodeName, net: unet},
 				func(addr, tokenFile string) {
 					fmt.Fprintf(cmd.OutOrStdout(), "API: http://%s\nadmin token: %s\n", addr, tokenFile)
 				})
@@ -53,12 +56,14 @@ starting it again adopts them.`,
 	f.StringVar(&listen, "listen", "127.0.0.1:7070", "API address")
 	f.StringVar(&etcdListen, "etcd-listen", "", "client URL of the embedded etcd (default: a free loopback port)")
 	f.StringVar(&nodeName, "node-name", agent.NodeName(), "this node's name")
-	f.StringVar(&network, "network", "none", "network containers are attached to (none: loopback only)")
+	f.StringVar(&network, "network", defaultUpNetwork, "network containers are attached to, each with its own routable address (none: loopback only)")
+	f.StringSliceVar(&pools, "pool", []string{defaultUpPool}, "private CIDR the network's addresses come from, in per-node blocks (/26 for IPv4, /122 for IPv6); repeat for an IPv6 pool too")
 	return cmd
 }
 
 type upConfig struct {
 	dataDir, listen, etcdListen, node string
+	net                               upNetwork
 }
 
 // up serves until ctx ends; ready is told the API address and the admin
@@ -67,7 +72,7 @@ func up(ctx context.Context, log *slog.Logger, cfg upConfig, ready func(addr, to
 	if err := os.MkdirAll(cfg.dataDir, 0o711); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
-	rtPath, err := runtimePath()
+	rtPath, err := besideSelf("berth-runtime")
 	if err != nil {
 		return err
 	}
@@ -124,19 +129,36 @@ func up(ctx context.Context, log *slog.Logger, cfg upConfig, ready func(addr, to
 		return err
 	}
 	rt.InitPath = rtPath
-	a, err := agent.New(ctx, agent.Config{Root: filepath.Join(cfg.dataDir, "agent"), Images: images, Runtime: rt, InitPath: initPath, Log: log})
+	admin := api.NewClient("http://"+addr, secret, nil)
+	nodeClient, err := nodeToken(ctx, admin, cfg.node)
+	if err != nil {
+		return err
+	}
+	// The network opens before the agent, whose start sweeps what dead
+	// containers left in it; it closes after, keeping containers attached.
+	var nw agent.Networker
+	netName := "none"
+	if cfg.net.enabled() {
+		un, err := openUpNetwork(ctx, log, cfg.dataDir, cfg.node, cfg.net, admin, nodeClient)
+		if err != nil {
+			return err
+		}
+		defer un.Close()
+		nw, netName = un, cfg.net.name
+	}
+	a, err := agent.New(ctx, agent.Config{Root: filepath.Join(cfg.dataDir, "agent"), Images: images, Runtime: rt, InitPath: initPath, Networker: nw, Log: log})
 	if err != nil {
 		return err
 	}
 	// Closing the agent stops its watches only: containers keep running.
 	defer a.Close()
 
-	admin := api.NewClient("http://"+addr, secret, nil)
-	nodeClient, err := nodeToken(ctx, admin, cfg.node)
+	agentURL, opsErr, err := serveNodeAPI(ctx, filepath.Join(cfg.dataDir, "agent.sock"), agent.NewNodeAPI(a, log))
 	if err != nil {
 		return err
 	}
-	n, err := agent.NewNode(agent.NodeConfig{Name: cfg.node, Client: nodeClient, Agent: a, Log: log})
+	n, err := agent.NewNode(agent.NodeConfig{Name: cfg.node, Client: nodeClient, Agent: a, Network: netName, Log: log,
+		Reg: api.Registration{Spec: api.NodeSpec{AgentURL: agentURL}}})
 	if err != nil {
 		return err
 	}
@@ -149,6 +171,10 @@ func up(ctx context.Context, log *slog.Logger, cfg upConfig, ready func(addr, to
 	}()
 	select {
 	case err = <-serveErr:
+	case err = <-opsErr:
+		if err != nil {
+			err = fmt.Errorf("agent operations API: %w", err)
+		}
 	case err = <-nodeErr:
 		if err != nil {
 			err = fmt.Errorf("node %s: %w", cfg.node, err)

@@ -1,0 +1,507 @@
+package agent_bench
+
+// BenchmarkUpRunRm and BenchmarkUpIdle measure `berth up` end to end, the
+// way a user drives it: through its API (the CLI or the Go client), with
+// scheduling, snapshot, network, runtime, exit and clean-up. berth up
+// runs in a network and mount namespace of the benchmark's own, so its
+// routes, nftables policy and mounts never touch the machine's.
+//
+//	sudo go test -run '^$' -bench UpRunRm -benchtime 20x ./bench/agent
+//	sudo BERTH_BENCH_UP_IDLE=1000 go test -run '^$' -bench UpIdle -benchtime 1x -timeout 2h ./bench/agent
+//
+// $BERTH_BIN_DIR (as test.sh sets it) names built berth, berth-init and
+// berth-runtime; without it they are built first. $BERTH_BENCH_UP_LOG
+// names a file to keep berth up's log in.
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/berth-dev/berth/agent"
+	"github.com/berth-dev/berth/api"
+	"github.com/berth-dev/berth/image/imagetest"
+	"github.com/berth-dev/berth/internal/busybox"
+	"github.com/berth-dev/berth/internal/testdir"
+	"github.com/berth-dev/berth/network/netnstest"
+)
+
+// upIdleCount is how many containers BenchmarkUpIdle starts:
+// $BERTH_BENCH_UP_IDLE, else 1000.
+func upIdleCount() int {
+	if n, err := strconv.Atoi(os.Getenv("BERTH_BENCH_UP_IDLE")); err == nil && n > 0 {
+		return n
+	}
+	return 1000
+}
+
+// upNode is a running `berth up` with busybox imported.
+type upNode struct {
+	dir, data, berth string
+	ns               netnstest.NS
+	up               *exec.Cmd
+	addr, secret     string
+	admin            *api.Client
+}
+
+func startUpNode(b *testing.B) *upNode {
+	b.Helper()
+	netnstest.RequireRoot(b, "nsenter", "tar")
+	if err := busybox.Available(); err != nil {
+		b.Skip(err)
+	}
+	n := &upNode{dir: testdir.World(b)}
+	n.data = filepath.Join(n.dir, "data")
+	bin := os.Getenv("BERTH_BIN_DIR")
+	if bin == "" {
+		bin = filepath.Join(n.dir, "bin")
+		if err := os.Mkdir(bin, 0o755); err != nil {
+			b.Fatal(err)
+		}
+		build(b, bin)
+		if out, err := exec.Command("go", "build", "-o", filepath.Join(bin, "berth"), "github.com/berth-dev/berth/cmd/berth").CombinedOutput(); err != nil {
+			b.Fatalf("build berth: %v %s", err, out)
+		}
+	}
+	n.berth = filepath.Join(bin, "berth")
+	tarball := filepath.Join(n.dir, "busybox.tar")
+	if err := os.WriteFile(tarball, imagetest.BusyboxTar(b).Bytes(), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	if out, err := exec.Command(n.berth, "image", "--root", n.data, "import", tarball, "busybox:latest", "-c", "ENV PATH=/bin").CombinedOutput(); err != nil {
+		b.Fatalf("import busybox: %v %s", err, out)
+	}
+
+	n.ns = netnstest.New(b, "bu"+netnstest.Unique())
+	// The host's address, which it reaches its containers from.
+	n.ns.Run(b, "ip", "link", "add", "uplink0", "type", "veth", "peer", "name", "uplink1")
+	n.ns.Run(b, "ip", "addr", "add", "10.214.0.1/24", "dev", "uplink0")
+	n.ns.Run(b, "ip", "link", "set", "uplink0", "up")
+	n.ns.Run(b, "ip", "link", "set", "uplink1", "up")
+	holder := exec.Command("nsenter", "--net="+n.ns.Path, "--", "sleep", "1000000")
+	holder.SysProcAttr = &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS}
+	if err := holder.Start(); err != nil {
+		b.Fatal(err)
+	}
+	// Until nsenter has switched, the holder is in the machine's network
+	// namespace, and a berth up joining it then would run there.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		err := sameNetns(holder.Process.Pid, n.ns.Path)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			holder.Process.Kill()
+			b.Fatal(err)
+		}
+	}
+	b.Cleanup(func() { holder.Process.Kill(); holder.Wait() })
+	b.Cleanup(func() { killCgroup(filepath.Join(n.data, "agent")) })
+
+	n.up = exec.Command("nsenter", "--target", strconv.Itoa(holder.Process.Pid), "--mount", "--net", "--",
+		n.berth, "up", "--data-dir", n.data, "--listen", "127.0.0.1:0", "--node-name", "bench")
+	logf, err := os.Create(filepath.Join(n.dir, "up.log"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	n.up.Stderr = logf
+	stdout, err := n.up.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := n.up.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		n.up.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { n.up.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			n.up.Process.Kill()
+			<-done
+		}
+		logf.Close()
+		// $BERTH_BENCH_UP_LOG keeps berth up's log for a look at where the
+		// time goes.
+		if keep := os.Getenv("BERTH_BENCH_UP_LOG"); keep != "" {
+			if raw, err := os.ReadFile(logf.Name()); err == nil {
+				os.WriteFile(keep, raw, 0o644)
+			}
+		}
+	})
+	sc := bufio.NewScanner(stdout)
+	if !sc.Scan() || !strings.HasPrefix(sc.Text(), "API: ") {
+		log, _ := os.ReadFile(logf.Name())
+		b.Fatalf("berth up did not start: %q\n%s", sc.Text(), log)
+	}
+	n.addr = strings.TrimPrefix(sc.Text(), "API: ")
+	go func() {
+		for sc.Scan() {
+		}
+	}()
+	tok, err := os.ReadFile(filepath.Join(n.data, "admin-token"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	n.secret = strings.TrimSpace(string(tok))
+	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 16,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			var c net.Conn
+			err := n.ns.Do(func() (err error) {
+				var d net.Dialer
+				c, err = d.DialContext(ctx, network, addr)
+				return err
+			})
+			return c, err
+		}}}
+	n.admin = api.NewClient(n.addr, n.secret, hc)
+	if err := n.admin.Create(context.Background(), &api.Tenant{Meta: api.Meta{Name: "bench"}}); err != nil {
+		b.Fatal(err)
+	}
+	return n
+}
+
+// sameNetns reports an error unless process pid is in the network
+// namespace at path.
+func sameNetns(pid int, path string) error {
+	var have, want syscall.Stat_t
+	if err := syscall.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &have); err != nil {
+		return err
+	}
+	if err := syscall.Stat(path, &want); err != nil {
+		return err
+	}
+	if have.Dev != want.Dev || have.Ino != want.Ino {
+		return fmt.Errorf("pid %d is not in %s yet", pid, path)
+	}
+	return nil
+}
+
+// cli is berth's command line in the host namespace, as tenant bench.
+func (n *upNode) cli(args ...string) *exec.Cmd {
+	cmd := exec.Command("nsenter", append([]string{"--net=" + n.ns.Path, "--", n.berth}, args...)...)
+	cmd.Env = append(os.Environ(), "BERTH_SERVER="+n.addr, "BERTH_TOKEN="+n.secret, "BERTH_TENANT=bench")
+	return cmd
+}
+
+// killCgroup kills every process under the agent's cgroup parent
+// (/berth/<hash of its root>) and removes the cgroups: the clean-up of a
+// benchmark that leaves its containers running.
+func killCgroup(agentRoot string) {
+	sum := sha256.Sum256([]byte(agentRoot))
+	parent := filepath.Join("berth", hex.EncodeToString(sum[:6]))
+	roots, _ := filepath.Glob("/sys/fs/cgroup/*")
+	roots = append(roots, "/sys/fs/cgroup")
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		alive := 0
+		for _, r := range roots {
+			filepath.WalkDir(filepath.Join(r, parent), func(p string, d os.DirEntry, err error) error {
+				if err != nil || d.Name() != "cgroup.procs" {
+					return nil
+				}
+				raw, _ := os.ReadFile(p)
+				for _, f := range strings.Fields(string(raw)) {
+					if pid, err := strconv.Atoi(f); err == nil {
+						syscall.Kill(pid, syscall.SIGKILL)
+						alive++
+					}
+				}
+				return nil
+			})
+		}
+		if alive == 0 {
+			break
+		}
+	}
+	for _, r := range roots {
+		var dirs []string
+		filepath.WalkDir(filepath.Join(r, parent), func(p string, d os.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				dirs = append(dirs, p)
+			}
+			return nil
+		})
+		for _, d := range slices.Backward(dirs) {
+			os.Remove(d)
+		}
+	}
+}
+
+// runRmAPI is `berth run --rm busybox true` through the Go client: create
+// an auto-removed instance, follow it until it is gone, and check that it
+// exited 0.
+func (n *upNode) runRmAPI(ctx context.Context, b *testing.B, i int, network string) {
+	in := &api.Instance{Meta: api.Meta{Name: fmt.Sprintf("api-%s-%d", network, i), Tenant: "bench"}, Spec: api.InstanceSpec{
+		AutoRemove: true, Desired: api.DesiredRunning,
+		Template: api.Template{Image: "busybox", Command: []string{"true"}, Restart: api.RestartNever, Network: network}}}
+	if err := n.admin.Create(ctx, in); err != nil {
+		b.Fatal(err)
+	}
+	w := n.admin.Watch(ctx, api.KindInstance, "bench", "", in.ResourceVersion)
+	defer w.Close()
+	last := in.Status
+	for {
+		ev, err := w.Next()
+		if err != nil {
+			b.Fatalf("watch %s: %v (last status %+v)", in.Name, err, last)
+		}
+		got := &api.Instance{}
+		if err := ev.Into(got); err != nil {
+			b.Fatal(err)
+		}
+		if got.Name != in.Name {
+			continue
+		}
+		if ev.Type == api.Deleted {
+			break
+		}
+		last = got.Status
+	}
+	if last.Phase != api.PhaseExited || last.ExitCode != 0 {
+		b.Fatalf("%s: last status %+v, want exited 0", in.Name, last)
+	}
+}
+
+// BenchmarkUpRunRm is `berth run --rm busybox true` against `podman run
+// --rm --network none busybox true` in the same run: berth through its CLI
+// (with its network, and with --network none) and through the Go client,
+// from the request to the container's removal.
+func BenchmarkUpRunRm(b *testing.B) {
+	n := startUpNode(b)
+	ctx := context.Background()
+	times := map[string]time.Duration{}
+	for _, network := range []string{"", "none"} {
+		name := "berth-cli-network"
+		args := []string{"run", "--rm", "busybox", "true"}
+		if network == "none" {
+			name = "berth-cli-none"
+			args = []string{"run", "--rm", "--network", "none", "busybox", "true"}
+		}
+		if err := n.cli("run", "--help").Run(); err != nil {
+			b.Logf("no berth run yet: %v", err)
+			break
+		}
+		b.Run(name, func(b *testing.B) {
+			start := time.Now()
+			for range b.N {
+				if out, err := n.cli(args...).CombinedOutput(); err != nil {
+					b.Fatalf("berth %s: %v %s", strings.Join(args, " "), err, out)
+				}
+			}
+			times[name] = time.Since(start) / time.Duration(b.N)
+		})
+	}
+	for _, network := range []string{"", "none"} {
+		name := "berth-api-network"
+		if network == "none" {
+			name = "berth-api-none"
+		}
+		b.Run(name, func(b *testing.B) {
+			start := time.Now()
+			for i := range b.N {
+				n.runRmAPI(ctx, b, i, network)
+			}
+			times[name] = time.Since(start) / time.Duration(b.N)
+		})
+	}
+	if _, err := exec.LookPath("podman"); err != nil {
+		b.Logf("podman not installed: %v", err)
+		return
+	}
+	pdir := testdir.World(b)
+	b.Cleanup(func() { _ = podman(b, pdir, "system", "reset", "-f").Run() })
+	tarball := filepath.Join(n.dir, "busybox.tar")
+	if out, err := podman(b, pdir, "import", tarball, "localhost/busybox:latest").CombinedOutput(); err != nil {
+		b.Fatalf("podman import: %v %s", err, out)
+	}
+	b.Run("podman", func(b *testing.B) {
+		start := time.Now()
+		for range b.N {
+			cmd := podman(b, pdir, "run", "--rm", "--network", "none", "--ulimit", "nofile=20000:20000",
+				"--ulimit", "nproc=32768:32768", "localhost/busybox", "true")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				b.Fatalf("podman run: %v %s", err, out)
+			}
+		}
+		times["podman"] = time.Since(start) / time.Duration(b.N)
+	})
+	pod := times["podman"]
+	for _, k := range []string{"berth-cli-network", "berth-cli-none", "berth-api-network", "berth-api-none"} {
+		if t, ok := times[k]; ok && pod > 0 {
+			fmt.Printf("run --rm busybox true: %s %v, podman --network none %v: %.3f of podman's time (%.1fx faster)\n",
+				k, t.Round(time.Microsecond), pod.Round(time.Microsecond), float64(t)/float64(pod), float64(pod)/float64(t))
+		}
+	}
+}
+
+// BenchmarkUpIdle starts a service of upIdleCount() `sleep` replicas with
+// the network on, times it until every instance reports running with an
+// IP, and measures what each container costs the host:
+//   - MemAvailable's drop per container: everything the machine gave up,
+//     workload included (system-wide, so other work moves it too);
+//   - the workloads' own PSS (sleep), which the goal excludes;
+//   - berth-init's PSS (its pages are one static binary's, shared);
+//   - the agent cgroup's memory (workloads, inits, kernel memory charged
+//     to them) per container;
+//   - berth up's own PSS growth per container.
+//
+// Host memory outside the workload is MemAvailable's drop minus the
+// workloads' PSS.
+func BenchmarkUpIdle(b *testing.B) {
+	n := startUpNode(b)
+	ctx := context.Background()
+	count := upIdleCount()
+	upPid := n.up.Process.Pid
+	for i := range b.N {
+		// Let berth up's start-up allocations settle before the baseline.
+		time.Sleep(2 * time.Second)
+		availBefore := memAvailable(b)
+		upBefore := pss(upPid)
+		name := fmt.Sprintf("idle%d", i)
+		start := time.Now()
+		svc := &api.Service{Meta: api.Meta{Name: name, Tenant: "bench"}, Spec: api.ServiceSpec{Replicas: count,
+			Template: api.Template{Image: "busybox", Command: []string{"sleep", "1000000"}}}}
+		if err := n.admin.Create(ctx, svc); err != nil {
+			b.Fatal(err)
+		}
+		var items []*api.Instance
+		for deadline := time.Now().Add(time.Hour); ; time.Sleep(250 * time.Millisecond) {
+			l, err := api.ListOf[*api.Instance](ctx, n.admin, "bench", "service="+name)
+			if err != nil {
+				b.Fatal(err)
+			}
+			running := 0
+			for _, in := range l.Items {
+				if in.Status.Phase == api.PhaseRunning && in.Status.IP.IsValid() {
+					running++
+				}
+			}
+			if running == count && len(l.Items) == count {
+				items = l.Items
+				break
+			}
+			if time.Now().After(deadline) {
+				b.Fatalf("%d of %d running after an hour", running, count)
+			}
+		}
+		elapsed := time.Since(start)
+		b.StopTimer()
+		time.Sleep(5 * time.Second)
+		availAfter := memAvailable(b)
+		upAfter := pss(upPid)
+		ips := map[string]bool{}
+		for _, in := range items {
+			ips[in.Status.IP.String()] = true
+		}
+		if len(ips) != count {
+			b.Fatalf("%d distinct IPs for %d instances", len(ips), count)
+		}
+		var initPSS, workPSS int64
+		inits := containerInits(b, filepath.Join(n.data, "agent"))
+		for _, pid := range inits {
+			initPSS += pss(pid)
+			for _, c := range children(pid) {
+				workPSS += pss(c)
+			}
+		}
+		cg := cgroupMemory(filepath.Join(n.data, "agent"))
+		k := int64(count)
+		perCtr := (availBefore - availAfter) / k
+		b.ReportMetric(elapsed.Seconds(), "s-all-running")
+		b.ReportMetric(float64(perCtr)/1024, "KiB-MemAvailable/ctr")
+		b.ReportMetric(float64(perCtr-workPSS/k)/1024, "KiB-host-beyond-workload/ctr")
+		fmt.Printf("%d idle containers (network on, %d inits found) all running in %v (%.1f ms each)\n",
+			count, len(inits), elapsed.Round(time.Millisecond), float64(elapsed.Microseconds())/float64(k)/1000)
+		fmt.Printf("per container: MemAvailable -%d KiB; workload (sleep) PSS %d KiB; so host memory beyond the workload %d KiB; "+
+			"berth-init PSS %d KiB; agent cgroup memory (workloads, inits, kernel memory charged to them) %d KiB; berth up PSS +%d KiB\n",
+			perCtr/1024, workPSS/k/1024, (perCtr-workPSS/k)/1024, initPSS/k/1024, cg/k/1024, (upAfter-upBefore)/k/1024)
+		start = time.Now()
+		if err := n.admin.Delete(ctx, api.KindService, "bench", name, 0); err != nil {
+			b.Fatal(err)
+		}
+		for deadline := time.Now().Add(time.Hour); ; time.Sleep(250 * time.Millisecond) {
+			ents, err := os.ReadDir(filepath.Join(n.data, "agent", "containers"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			if len(ents) == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				b.Fatalf("%d containers left after an hour", len(ents))
+			}
+		}
+		fmt.Printf("service of %d removed, every container gone, in %v\n", count, time.Since(start).Round(time.Millisecond))
+		b.StartTimer()
+	}
+}
+
+// memAvailable is /proc/meminfo's MemAvailable, in bytes.
+func memAvailable(b *testing.B) int64 {
+	raw, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, l := range strings.Split(string(raw), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "MemAvailable:" {
+			v, _ := strconv.ParseInt(f[1], 10, 64)
+			return v * 1024
+		}
+	}
+	b.Fatal("no MemAvailable in /proc/meminfo")
+	return 0
+}
+
+// containerInits are the host pids of the running containers' inits, from
+// the agent's records.
+func containerInits(b *testing.B, agentRoot string) []int {
+	ms, _ := filepath.Glob(filepath.Join(agentRoot, "containers", "*", "meta.json"))
+	var pids []int
+	for _, m := range ms {
+		raw, err := os.ReadFile(m)
+		if err != nil {
+			b.Fatal(err)
+		}
+		var c agent.Container
+		if err := json.Unmarshal(raw, &c); err != nil {
+			b.Fatalf("%s: %v", m, err)
+		}
+		if c.State.Pid > 0 {
+			pids = append(pids, c.State.Pid)
+		}
+	}
+	return pids
+}
+
+// cgroupMemory is the memory charged to the agent's cgroup parent, in
+// bytes (cgroup v1's memory controller, else v2's).
+func cgroupMemory(agentRoot string) int64 {
+	sum := sha256.Sum256([]byte(agentRoot))
+	parent := filepath.Join("berth", hex.EncodeToString(sum[:6]))
+	for _, f := range []string{
+		filepath.Join("/sys/fs/cgroup/memory", parent, "memory.usage_in_bytes"),
+		filepath.Join("/sys/fs/cgroup", parent, "memory.current"),
+	} {
+		if raw, err := os.ReadFile(f); err == nil {
+			v, _ := strconv.ParseInt(strings.TrimSpace(string(raw)), 10, 64)
+			return v
+		}
+	}
+	return 0
+}
