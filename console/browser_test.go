@@ -1,28 +1,22 @@
 package console
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
+	"github.com/berth-dev/berth/internal/uptest"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/berth-dev/berth/agent"
 	"github.com/berth-dev/berth/api"
-	"github.com/berth-dev/berth/image"
 	"github.com/berth-dev/berth/image/imagetest"
 	"github.com/berth-dev/berth/internal/testdir"
-	"github.com/berth-dev/berth/runtime"
 )
 
 // chromium is Debian's, which hack/deps.sh installs.
@@ -75,9 +69,9 @@ func TestConsoleInABrowser(t *testing.T) {
 	if out, err := exec.Command(berth, "image", "--root", data, "import", tarPath, "busybox:latest", "-c", "ENV PATH=/bin").CombinedOutput(); err != nil {
 		t.Fatalf("import: %v %s", err, out)
 	}
-	t.Cleanup(func() { removeContainers(t, bin, data) })
+	t.Cleanup(func() { uptest.RemoveContainers(t, bin, data) })
 	nodeName := fmt.Sprintf("console-%d", os.Getpid())
-	apiURL := startUp(t, berth, data, nodeName)
+	apiURL := uptest.Start(t, uptest.Config{Berth: berth, Data: data, Node: nodeName, Args: []string{"--network", "none"}}).Addr
 	secret, err := os.ReadFile(filepath.Join(data, "admin-token"))
 	if err != nil {
 		t.Fatal(err)
@@ -141,97 +135,4 @@ func consoleURL(t *testing.T, apiURL string) string {
 		t.Fatalf("berth up does not serve the console at /: %s %.200s", resp.Status, b)
 	}
 	return apiURL
-}
-
-// startUp runs `berth up` until the test ends and returns its API URL.
-func startUp(t *testing.T, berth, data, nodeName string) string {
-	t.Helper()
-	cmd := exec.Command(berth, "up", "--data-dir", data, "--listen", "127.0.0.1:0", "--node-name", nodeName, "--network", "none")
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr lockedBuffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	lines := make(chan string, 2)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-		done <- cmd.Wait()
-	}()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-			t.Errorf("berth up did not stop on SIGTERM")
-		}
-		if t.Failed() {
-			t.Logf("berth up's log:\n%s", stderr.String())
-		}
-	})
-	deadline := time.After(30 * time.Second)
-	for {
-		select {
-		case l, ok := <-lines:
-			if !ok {
-				t.Fatalf("berth up ended: %s", stderr.String())
-			}
-			if a, ok := strings.CutPrefix(l, "API: "); ok {
-				return a
-			}
-		case <-deadline:
-			t.Fatalf("berth up did not start: %s", stderr.String())
-		}
-	}
-}
-
-// removeContainers removes every container berth up left under data, their
-// mounts and the agent's parent cgroup, so a failed run leaves nothing.
-func removeContainers(t *testing.T, bin, data string) {
-	ctx := context.Background()
-	images, err := image.Open(filepath.Join(data, "image"), nil)
-	if err != nil {
-		t.Errorf("cleanup: %v", err)
-		return
-	}
-	rt, err := runtime.NewNative(filepath.Join(data, "runtime"), nil)
-	if err != nil {
-		t.Errorf("cleanup: %v", err)
-		return
-	}
-	rt.InitPath = filepath.Join(bin, "berth-runtime")
-	root := filepath.Join(data, "agent")
-	a, err := agent.New(ctx, agent.Config{Root: root, Images: images, Runtime: rt, InitPath: filepath.Join(bin, "berth-init")})
-	if err != nil {
-		t.Errorf("cleanup: %v", err)
-		b, _ := os.ReadFile("/proc/self/mountinfo")
-		lines := strings.Split(string(b), "\n")
-		for i := len(lines) - 1; i >= 0; i-- {
-			if f := strings.Fields(lines[i]); len(f) > 4 && strings.HasPrefix(f[4], data+"/") {
-				_ = syscall.Unmount(f[4], syscall.MNT_DETACH)
-			}
-		}
-		return
-	}
-	for _, c := range a.List() {
-		if err := a.Remove(ctx, c.ID, true); err != nil {
-			t.Errorf("cleanup: remove %s: %v", c.ID, err)
-		}
-	}
-	a.Close()
-	h := sha256.Sum256([]byte(root))
-	hs, _ := filepath.Glob("/sys/fs/cgroup/*")
-	for _, d := range append(hs, "/sys/fs/cgroup") {
-		_ = os.Remove(filepath.Join(d, "berth", hex.EncodeToString(h[:6])))
-	}
 }

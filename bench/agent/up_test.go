@@ -20,6 +20,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"github.com/berth-dev/berth/internal/uptest"
 	"net"
 	"net/http"
 	"os"
@@ -100,7 +101,7 @@ func startUpNode(b *testing.B) *upNode {
 	// Until nsenter has switched, the holder is in the machine's network
 	// namespace, and a berth up joining it then would run there.
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		err := sameNetns(holder.Process.Pid, n.ns.Path)
+		err := uptest.SameNetns(holder.Process.Pid, n.ns.Path)
 		if err == nil {
 			break
 		}
@@ -175,22 +176,6 @@ func startUpNode(b *testing.B) *upNode {
 		b.Fatal(err)
 	}
 	return n
-}
-
-// sameNetns reports an error unless process pid is in the network
-// namespace at path.
-func sameNetns(pid int, path string) error {
-	var have, want syscall.Stat_t
-	if err := syscall.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &have); err != nil {
-		return err
-	}
-	if err := syscall.Stat(path, &want); err != nil {
-		return err
-	}
-	if have.Dev != want.Dev || have.Ino != want.Ino {
-		return fmt.Errorf("pid %d is not in %s yet", pid, path)
-	}
-	return nil
 }
 
 // cli is berth's command line in the host namespace, as tenant bench.

@@ -2,7 +2,6 @@ package main
 
 import (
 	"archive/tar"
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -21,7 +20,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -31,6 +29,7 @@ import (
 	"github.com/berth-dev/berth/image/imagetest"
 	"github.com/berth-dev/berth/internal/busybox"
 	"github.com/berth-dev/berth/internal/testdir"
+	"github.com/berth-dev/berth/internal/uptest"
 	"github.com/berth-dev/berth/network/netnstest"
 )
 
@@ -66,7 +65,7 @@ type e2e struct {
 	// holder keeps the mount namespace (and a reference to the network
 	// namespace) alive across restarts of berth up.
 	holder *exec.Cmd
-	up     *upProcess
+	up     *uptest.Process
 	secret string
 	// hc dials from inside the host namespace; probe never reuses a
 	// connection, so every request proves reachability anew.
@@ -131,7 +130,7 @@ func newE2E(t *testing.T) *e2e {
 	// Until nsenter has switched, the holder is in the machine's network
 	// namespace, and a berth up joining it then would run there.
 	poll(t, "the namespace holder to enter "+e.ns.Path, 10*time.Second, func() error {
-		return sameNetns(e.holder.Process.Pid, e.ns.Path)
+		return uptest.SameNetns(e.holder.Process.Pid, e.ns.Path)
 	})
 
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -147,22 +146,6 @@ func newE2E(t *testing.T) *e2e {
 	e.probe = &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true}}
 	e.start()
 	return e
-}
-
-// sameNetns reports an error unless process pid is in the network
-// namespace at path.
-func sameNetns(pid int, path string) error {
-	var have, want syscall.Stat_t
-	if err := syscall.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &have); err != nil {
-		return err
-	}
-	if err := syscall.Stat(path, &want); err != nil {
-		return err
-	}
-	if have.Dev != want.Dev || have.Ino != want.Ino {
-		return fmt.Errorf("pid %d is not in %s yet", pid, path)
-	}
-	return nil
 }
 
 // goTool finds the go command that builds the web server.
@@ -224,7 +207,7 @@ func (e *e2e) hostBerth(args ...string) string {
 func (e *e2e) cli(token string, args ...string) string {
 	e.t.Helper()
 	cmd := exec.Command("nsenter", append([]string{"--net=" + e.ns.Path, "--", e.berth}, args...)...)
-	cmd.Env = append(os.Environ(), "BERTH_SERVER="+e.up.addr, "BERTH_TOKEN="+token)
+	cmd.Env = append(os.Environ(), "BERTH_SERVER="+e.up.Addr, "BERTH_TOKEN="+token)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	timer := time.AfterFunc(time.Minute, func() { cmd.Process.Kill() })
@@ -240,52 +223,10 @@ func (e *e2e) cli(token string, args ...string) string {
 func (e *e2e) start() {
 	t := e.t
 	t.Helper()
-	cmd := exec.Command("nsenter", "--target", strconv.Itoa(e.holder.Process.Pid), "--mount", "--net", "--",
-		e.berth, "up", "--data-dir", e.data, "--listen", "127.0.0.1:0", "--node-name", "e2e")
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stderr := &lockedLog{}
-	cmd.Stderr = stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &upProcess{cmd: cmd, done: make(chan error, 1)}
+	p := uptest.Start(t, uptest.Config{Berth: e.berth, Data: e.data, Node: "e2e",
+		Wrap: []string{"nsenter", "--target", strconv.Itoa(e.holder.Process.Pid), "--mount", "--net", "--"}})
 	e.up = p
-	lines := make(chan string, 2)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-		p.done <- cmd.Wait()
-	}()
-	t.Cleanup(func() {
-		p.stop(t)
-		if t.Failed() {
-			t.Logf("berth up's log:\n%s", stderr.String())
-		}
-	})
-	for want := range 2 {
-		select {
-		case l, ok := <-lines:
-			if !ok {
-				t.Fatalf("berth up ended: %s", stderr.String())
-			}
-			switch {
-			case want == 0 && strings.HasPrefix(l, "API: http://"):
-				p.addr = strings.TrimPrefix(l, "API: ")
-			case want == 1 && strings.HasPrefix(l, "admin token: "):
-			default:
-				t.Fatalf("berth up printed %q", l)
-			}
-		case <-time.After(60 * time.Second):
-			t.Fatalf("berth up did not start: %s", stderr.String())
-		}
-	}
-	if err := sameNetns(cmd.Process.Pid, e.ns.Path); err != nil {
+	if err := uptest.SameNetns(p.Pid(), e.ns.Path); err != nil {
 		t.Fatalf("berth up: %v", err)
 	}
 	b, err := os.ReadFile(filepath.Join(e.data, "admin-token"))
@@ -293,26 +234,7 @@ func (e *e2e) start() {
 		t.Fatal(err)
 	}
 	e.secret = strings.TrimSpace(string(b))
-	e.admin = api.NewClient(p.addr, e.secret, e.hc)
-}
-
-// lockedLog collects berth up's log, which exec's copier writes while the
-// test may read it.
-type lockedLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer // guarded by mu
-}
-
-func (l *lockedLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *lockedLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
+	e.admin = api.NewClient(p.Addr, e.secret, e.hc)
 }
 
 // killContainers is the cleanup for a test that failed half way: every
@@ -680,7 +602,7 @@ func TestEndToEnd(t *testing.T) {
 			return err
 		})
 
-		e.up.stop(t)
+		e.up.Stop(t)
 		for _, w := range webs {
 			if err := syscall.Kill(w.pid, 0); err != nil {
 				t.Fatalf("workload %s (pid %d) died with berth up: %v", w.name, w.pid, err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"net/http"
 	"os/signal"
 	"strconv"
 	"strings"
@@ -262,8 +263,28 @@ func run(ctx context.Context, af *apiFlags, f *runFlags, image string, command [
 	if err != nil {
 		return err
 	}
+	// In the foreground, --rm is done here once the output is read and
+	// the exit code known: removal by the control plane could take the
+	// container's logs before this command has read them. Detached, the
+	// control plane removes it.
+	removeHere := f.rm && !f.detach
+	if removeHere {
+		in.Spec.AutoRemove = false
+	}
 	if err := c.Create(ctx, in); err != nil {
 		return err
+	}
+	if removeHere {
+		defer func() {
+			if !removeHere {
+				return
+			}
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+			defer cancel()
+			if err := c.Delete(dctx, api.KindInstance, af.tenant, in.Name, 0); err != nil && !api.IsNotFound(err) {
+				fmt.Fprintf(os.Stderr, "berth: remove %s: %v\n", in.Name, err)
+			}
+		}()
 	}
 	rev := in.ResourceVersion
 	if f.detach {
@@ -273,54 +294,63 @@ func run(ctx context.Context, af *apiFlags, f *runFlags, image string, command [
 		fmt.Println(in.Name)
 		return nil
 	}
-	// Ctrl-C before the container runs removes an --rm container rather
-	// than leaving it to start unwatched.
+	// As docker's --sig-proxy: an interrupt of this command is the
+	// container's (a terminal sends Ctrl-C through the session itself).
+	if !f.tty {
+		sigs := make(chan os.Signal, 1)
+		signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+		defer signal.Stop(sigs)
+		go func() {
+			for s := range sigs {
+				name := "INT"
+				if s == syscall.SIGTERM {
+					name = "TERM"
+				}
+				_ = c.Kill(ctx, af.tenant, in.Name, name)
+			}
+		}()
+	}
 	cur, err := waitInstance(ctx, c, af.tenant, in.Name, rev, started)
-	if err != nil && !errors.Is(err, errGone) {
+	if err != nil {
 		return err
 	}
 	if err := startFailure(cur); err != nil {
 		return err
 	}
-	if f.tty || f.interactive {
+	if (f.tty || f.interactive) && isRunning(cur) {
 		code, err := attach(ctx, c, af.tenant, in.Name, f.tty, f.interactive, f.detachKeys)
-		if errors.Is(err, api.ErrDetached) {
+		switch {
+		case errors.Is(err, api.ErrDetached):
+			// The container runs on; the control plane removes it once
+			// it exits.
+			removeHere = false
+			_, _ = modifyInstance(context.WithoutCancel(ctx), c, af.tenant, in.Name, func(in *api.Instance) error {
+				in.Spec.AutoRemove = true
+				return nil
+			})
 			return nil
-		}
-		if err != nil {
+		case err == nil:
+			return exitWith(code)
+		case api.Code(err) != http.StatusConflict:
 			return err
 		}
-		if f.rm {
-			waitRemoved(ctx, c, af.tenant, in.Name)
-		}
-		return exitWith(code)
+		// It ended before the session opened: its output is in the logs.
 	}
-	// Output comes from the log files, which hold everything from the
-	// first byte: nothing written before this call is lost.
+	// The log files hold everything from the first byte: nothing written
+	// before this call is lost.
 	if err := c.Logs(ctx, af.tenant, in.Name, api.LogQuery{Follow: true, Tail: -1}, func(l api.LogLine) error {
 		return writeLogLine(l, false)
-	}); err != nil && !api.IsNotFound(err) {
+	}); err != nil {
 		return err
 	}
 	cur, err = waitInstance(ctx, c, af.tenant, in.Name, rev, isDone)
-	if err != nil && !errors.Is(err, errGone) {
+	if err != nil {
 		return err
-	}
-	if f.rm && err == nil {
-		waitRemoved(ctx, c, af.tenant, in.Name)
 	}
 	if cur.Status.Phase == api.PhaseFailed {
 		return startFailure(cur)
 	}
 	return exitWith(cur.Status.ExitCode)
-}
-
-// waitRemoved waits a while for an --rm container to be removed, so that
-// it is gone when berth run returns, as with docker.
-func waitRemoved(ctx context.Context, c *api.Client, tenant, name string) {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	_, _ = waitInstance(ctx, c, tenant, name, 0, func(*api.Instance) bool { return false })
 }
 
 // exitWith makes berth exit with a container's code.

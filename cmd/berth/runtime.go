@@ -1,11 +1,9 @@
 package main
 
 import (
-	"errors"
 	"fmt"
+	"github.com/berth-dev/berth/internal/sibling"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -25,7 +23,7 @@ func handover(use, short, exe string) *cobra.Command {
 		Short:              short,
 		DisableFlagParsing: true,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			path, err := besideSelf(exe)
+			path, err := sibling.Find(exe)
 			if err != nil {
 				return err
 			}
@@ -39,19 +37,4 @@ func handover(use, short, exe string) *cobra.Command {
 			return nil
 		},
 	}
-}
-
-// besideSelf finds a sibling executable beside this one, then on PATH.
-func besideSelf(name string) (string, error) {
-	if self, err := os.Executable(); err == nil {
-		p := filepath.Join(filepath.Dir(self), name)
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-	}
-	p, err := exec.LookPath(name)
-	if err != nil {
-		return "", errors.New(name + " not found beside berth or on PATH: build it with hack/build.sh")
-	}
-	return p, nil
 }

@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/berth-dev/berth/image/imagetest"
 	"github.com/berth-dev/berth/internal/testdir"
+	"github.com/berth-dev/berth/internal/uptest"
 	"golang.org/x/sys/unix"
 )
 
@@ -87,13 +87,13 @@ func TestDockerVerbs(t *testing.T) {
 	if out, err := exec.Command(berth, "image", "--root", data, "import", tarPath, "busybox:latest", "-c", "ENV PATH=/bin").CombinedOutput(); err != nil {
 		t.Fatalf("import: %v %s", err, out)
 	}
-	t.Cleanup(func() { removeAll(t, bin, data) })
-	p := startUp(t, berth, data, "--network", "none")
+	t.Cleanup(func() { uptest.RemoveContainers(t, bin, data) })
+	p := startUp(t, berth, data)
 	secret, err := os.ReadFile(filepath.Join(data, "admin-token"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &cli{t: t, berth: berth, env: append(os.Environ(), "BERTH_SERVER="+p.addr, "BERTH_TOKEN="+strings.TrimSpace(string(secret)))}
+	c := &cli{t: t, berth: berth, env: append(os.Environ(), "BERTH_SERVER="+p.Addr, "BERTH_TOKEN="+strings.TrimSpace(string(secret)))}
 
 	t.Run("run", func(t *testing.T) {
 		c.t = t
@@ -265,7 +265,7 @@ func TestDockerVerbs(t *testing.T) {
 			t.Fatal(err)
 		}
 		pts.Close()
-		var out safeBuffer
+		var out uptest.Buffer
 		go io.Copy(&out, ptmx)
 		done := make(chan error, 1)
 		go func() { done <- cmd.Wait() }()
@@ -329,25 +329,7 @@ func openPTY() (*os.File, *os.File, error) {
 	return ptmx, pts, nil
 }
 
-// safeBuffer is a bytes.Buffer for one writer and polling readers.
-type safeBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *safeBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *safeBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func waitFor(b *safeBuffer, want string, d time.Duration) bool {
+func waitFor(b *uptest.Buffer, want string, d time.Duration) bool {
 	deadline := time.Now().Add(d)
 	for time.Now().Before(deadline) {
 		if strings.Contains(b.String(), want) {

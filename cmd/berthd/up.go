@@ -3,12 +3,11 @@ package main
 import (
 	"context"
 	"crypto/rand"
-	"errors"
 	"fmt"
+	"github.com/berth-dev/berth/internal/sibling"
 	"log/slog"
 	"net"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"sync"
@@ -72,11 +71,11 @@ func up(ctx context.Context, log *slog.Logger, cfg upConfig, ready func(addr, to
 	if err := os.MkdirAll(cfg.dataDir, 0o711); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
-	rtPath, err := besideSelf("berth-runtime")
+	rtPath, err := sibling.Find("berth-runtime")
 	if err != nil {
 		return err
 	}
-	initPath, err := besideSelf("berth-init")
+	initPath, err := sibling.Find("berth-init")
 	if err != nil {
 		return err
 	}
@@ -200,19 +199,4 @@ func nodeToken(ctx context.Context, admin *api.Client, node string) (*api.Client
 		return nil, fmt.Errorf("node token: %w", err)
 	}
 	return admin.WithToken(tok.Secret), nil
-}
-
-// besideSelf finds a helper executable beside this one, then on PATH.
-func besideSelf(name string) (string, error) {
-	if self, err := os.Executable(); err == nil {
-		p := filepath.Join(filepath.Dir(self), name)
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-	}
-	p, err := exec.LookPath(name)
-	if err != nil {
-		return "", errors.New(name + " not found beside berth or on PATH: build it with hack/build.sh")
-	}
-	return p, nil
 }

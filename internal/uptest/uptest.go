@@ -1,0 +1,192 @@
+// Package uptest runs `berth up` for tests that drive Berth from outside, as
+// users do, and cleans up after it even when the test fails.
+package uptest
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/berth-dev/berth/agent"
+	"github.com/berth-dev/berth/image"
+	"github.com/berth-dev/berth/runtime"
+)
+
+// Process is a running `berth up`.
+type Process struct {
+	// Addr is the API's URL.
+	Addr string
+	cmd  *exec.Cmd
+	done chan error
+	log  *Buffer
+}
+
+// Config says how to run berth up.
+type Config struct {
+	Berth, Data, Node string
+	// Args are more flags (--network none).
+	Args []string
+	// Wrap, if set, is a command that runs berth up (nsenter ... --).
+	Wrap []string
+}
+
+// Start runs `berth up` with a free loopback API port, waits for it to
+// print where its API is, and stops it when the test ends.
+func Start(t testing.TB, c Config) *Process {
+	t.Helper()
+	argv := append([]string{c.Berth, "up", "--data-dir", c.Data, "--listen", "127.0.0.1:0", "--node-name", c.Node}, c.Args...)
+	argv = append(append([]string(nil), c.Wrap...), argv...)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	data := c.Data
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Process{cmd: cmd, done: make(chan error, 1), log: &Buffer{}}
+	cmd.Stderr = p.log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := make(chan string, 2)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+		p.done <- cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		p.Stop(t)
+		if t.Failed() {
+			t.Logf("berth up's log:\n%s", p.log.String())
+		}
+	})
+	for want := range 2 {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("berth up ended: %s", p.log.String())
+			}
+			switch {
+			case want == 0 && strings.HasPrefix(l, "API: http://"):
+				p.Addr = strings.TrimPrefix(l, "API: ")
+			case want == 1 && l == "admin token: "+filepath.Join(data, "admin-token"):
+			default:
+				t.Fatalf("berth up printed %q", l)
+			}
+		case <-time.After(60 * time.Second):
+			t.Fatalf("berth up did not start: %s", p.log.String())
+		}
+	}
+	return p
+}
+
+// Pid is the process's id.
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
+
+// Stop sends SIGTERM and waits for a clean exit.
+func (p *Process) Stop(t testing.TB) {
+	if p.cmd.ProcessState != nil {
+		return
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.done:
+		if err != nil {
+			t.Errorf("berth up after SIGTERM: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		t.Errorf("berth up did not stop on SIGTERM")
+	}
+}
+
+// RemoveContainers removes every container berth up left under data, their
+// mounts and the agent's parent cgroup, so that a failed run leaves nothing.
+func RemoveContainers(t testing.TB, bin, data string) {
+	ctx := context.Background()
+	images, err := image.Open(filepath.Join(data, "image"), nil)
+	if err != nil {
+		t.Errorf("cleanup: %v", err)
+		return
+	}
+	rt, err := runtime.NewNative(filepath.Join(data, "runtime"), nil)
+	if err != nil {
+		t.Errorf("cleanup: %v", err)
+		return
+	}
+	rt.InitPath = filepath.Join(bin, "berth-runtime")
+	root := filepath.Join(data, "agent")
+	a, err := agent.New(ctx, agent.Config{Root: root, Images: images, Runtime: rt, InitPath: filepath.Join(bin, "berth-init")})
+	if err != nil {
+		t.Errorf("cleanup: %v", err)
+		// At least leave no mount behind, so the directory can go.
+		b, _ := os.ReadFile("/proc/self/mountinfo")
+		lines := strings.Split(string(b), "\n")
+		for i := len(lines) - 1; i >= 0; i-- {
+			if f := strings.Fields(lines[i]); len(f) > 4 && strings.HasPrefix(f[4], data+"/") {
+				_ = syscall.Unmount(f[4], syscall.MNT_DETACH)
+			}
+		}
+		return
+	}
+	for _, c := range a.List() {
+		if err := a.Remove(ctx, c.ID, true); err != nil {
+			t.Errorf("cleanup: remove %s: %v", c.ID, err)
+		}
+	}
+	a.Close()
+	// The agent's default cgroup parent, /berth/<hash of its root>.
+	h := sha256.Sum256([]byte(root))
+	hs, _ := filepath.Glob("/sys/fs/cgroup/*")
+	for _, d := range append(hs, "/sys/fs/cgroup") {
+		_ = os.Remove(filepath.Join(d, "berth", hex.EncodeToString(h[:6])))
+	}
+}
+
+// SameNetns reports an error unless process pid is in the network
+// namespace at path.
+func SameNetns(pid int, path string) error {
+	var have, want syscall.Stat_t
+	if err := syscall.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &have); err != nil {
+		return err
+	}
+	if err := syscall.Stat(path, &want); err != nil {
+		return err
+	}
+	if have.Dev != want.Dev || have.Ino != want.Ino {
+		return fmt.Errorf("pid %d is not in %s yet", pid, path)
+	}
+	return nil
+}
+
+// Buffer is a bytes.Buffer safe for one writer and concurrent readers.
+type Buffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *Buffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *Buffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
