@@ -28,6 +28,7 @@ Berth is starting. In another shell, as root:
   bin/berth run -it --rm busybox sh
   bin/berth service create web --image busybox --replicas 3 -- httpd -f -p 80
   bin/berth ps; bin/berth service ps web
+The web console is at the API address printed below; sign in with the token in $data/admin-token.
 Stop with Ctrl-C: containers keep running, and the next start adopts them.
 MSG
 exec "$berth" up --data-dir "$data" "$@"
