@@ -267,6 +267,15 @@ func (w *Watcher) open() error {
 	return nil
 }
 
+// Open starts the stream now rather than at the first Next: a watch
+// opened before a write sees that write without replaying history.
+func (w *Watcher) Open() error {
+	if w.sc != nil {
+		return nil
+	}
+	return w.open()
+}
+
 // Next blocks for the next change. Bookmarks (progress notices with no
 // object) advance the revision and are not returned.
 func (w *Watcher) Next() (WatchEvent, error) {

@@ -82,6 +82,94 @@ func waitInstance(ctx context.Context, c *api.Client, tenant, name string, rev i
 	}
 }
 
+// follower follows one instance through a watch opened before the caller
+// changes it, so that each change arrives as it happens: a watch opened
+// later from an older revision is served from etcd's history, which
+// catches up only every 100 ms.
+type follower struct {
+	c            *api.Client
+	tenant, name string
+	events       chan api.WatchEvent
+	errs         chan error
+	last         *api.Instance
+	cancel       context.CancelFunc
+}
+
+// follow opens the watch; call it before the change whose effects are
+// awaited, then tell it the instance as the change left it (seen).
+func follow(ctx context.Context, c *api.Client, tenant, name string) (*follower, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	w := c.Watch(ctx, api.KindInstance, tenant, "", 0)
+	if err := w.Open(); err != nil {
+		cancel()
+		return nil, err
+	}
+	f := &follower{c: c, tenant: tenant, name: name, events: make(chan api.WatchEvent), errs: make(chan error, 1), cancel: cancel}
+	go func() {
+		defer w.Close()
+		for {
+			ev, err := w.Next()
+			if err != nil {
+				f.errs <- err
+				return
+			}
+			select {
+			case f.events <- ev:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return f, nil
+}
+
+func (f *follower) close() { f.cancel() }
+
+// seen records the instance as a write returned it.
+func (f *follower) seen(in *api.Instance) {
+	if f.last == nil || in.ResourceVersion > f.last.ResourceVersion {
+		f.last = in
+	}
+}
+
+// until waits until done holds for the instance and returns it; errGone
+// (with the last version seen) if it is deleted first. Should the watch
+// have missed a change (it opened as the change was being written), a
+// read every second makes up for it.
+func (f *follower) until(ctx context.Context, done func(*api.Instance) bool) (*api.Instance, error) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		if f.last != nil && done(f.last) {
+			return f.last, nil
+		}
+		select {
+		case <-ctx.Done():
+			return f.last, ctx.Err()
+		case err := <-f.errs:
+			return f.last, err
+		case <-tick.C:
+			in, err := getInstance(ctx, f.c, f.tenant, f.name)
+			if api.IsNotFound(err) {
+				return f.last, errGone
+			}
+			if err != nil {
+				return f.last, err
+			}
+			f.seen(in)
+		case ev := <-f.events:
+			in := &api.Instance{}
+			if err := ev.Into(in); err != nil || in.Name != f.name {
+				continue
+			}
+			if ev.Type == api.Deleted {
+				return f.last, errGone
+			}
+			f.seen(in)
+		}
+	}
+}
+
 func isRunning(in *api.Instance) bool { return in.Status.Phase == api.PhaseRunning }
 
 func isDone(in *api.Instance) bool {
@@ -196,13 +284,17 @@ func newStartCmd(af *apiFlags) *cobra.Command {
 	}
 }
 
+// startedOrFailed is true once the container has acted on its last start
+// request: it runs, has run and ended, or could not be started.
+func startedOrFailed(in *api.Instance) bool {
+	return in.Spec.RestartGeneration <= in.Status.Restarts && started(in) || in.Status.Phase == api.PhaseFailed
+}
+
 // waitStarted waits, up to a minute, until a container runs or has failed.
 func waitStarted(ctx context.Context, c *api.Client, tenant, name string, rev int64) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	in, err := waitInstance(ctx, c, tenant, name, rev, func(in *api.Instance) bool {
-		return in.Spec.RestartGeneration <= in.Status.Restarts && started(in) || in.Status.Phase == api.PhaseFailed
-	})
+	in, err := waitInstance(ctx, c, tenant, name, rev, startedOrFailed)
 	if err != nil {
 		return err
 	}

@@ -271,9 +271,15 @@ func run(ctx context.Context, af *apiFlags, f *runFlags, image string, command [
 	if removeHere {
 		in.Spec.AutoRemove = false
 	}
+	fw, err := follow(ctx, c, af.tenant, in.Name)
+	if err != nil {
+		return err
+	}
+	defer fw.close()
 	if err := c.Create(ctx, in); err != nil {
 		return err
 	}
+	fw.seen(in)
 	if removeHere {
 		defer func() {
 			if !removeHere {
@@ -286,9 +292,12 @@ func run(ctx context.Context, af *apiFlags, f *runFlags, image string, command [
 			}
 		}()
 	}
-	rev := in.ResourceVersion
 	if f.detach {
-		if err := waitStarted(ctx, c, af.tenant, in.Name, rev); err != nil {
+		cur, err := fw.until(ctx, startedOrFailed)
+		if err != nil {
+			return err
+		}
+		if err := startFailure(cur); err != nil {
 			return err
 		}
 		fmt.Println(in.Name)
@@ -310,7 +319,7 @@ func run(ctx context.Context, af *apiFlags, f *runFlags, image string, command [
 			}
 		}()
 	}
-	cur, err := waitInstance(ctx, c, af.tenant, in.Name, rev, started)
+	cur, err := fw.until(ctx, started)
 	if err != nil {
 		return err
 	}
@@ -343,7 +352,7 @@ func run(ctx context.Context, af *apiFlags, f *runFlags, image string, command [
 	}); err != nil {
 		return err
 	}
-	cur, err = waitInstance(ctx, c, af.tenant, in.Name, rev, isDone)
+	cur, err = fw.until(ctx, isDone)
 	if err != nil {
 		return err
 	}
