@@ -98,6 +98,19 @@ func (a *authenticator) authenticate(ctx context.Context, r *http.Request) (Prin
 	return p, nil
 }
 
+// forget drops the cached principals drop says are revoked, so that a
+// deleted token, or a removed node's, stops working at once rather than
+// when its cache entry expires.
+func (a *authenticator) forget(drop func(Principal) bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for k, c := range a.cache {
+		if drop(c.p) {
+			delete(a.cache, k)
+		}
+	}
+}
+
 // Verbs.
 const (
 	verbRead  = "read"

@@ -255,3 +255,39 @@ func TestAutoRemove(t *testing.T) {
 		t.Errorf("exit code seen before removal: %d", exit)
 	}
 }
+
+// Deleting a token, or the node a token acts as, takes the credential
+// away at once, not when the authenticator's cache lets go of it.
+func TestRevocationIsImmediate(t *testing.T) {
+	c := newCluster(t, false)
+	c.tenant(t, "acme")
+	dev := c.token(t, "acme", "dev", api.RoleTenantAdmin, "")
+	if _, err := api.ListOf[*api.Instance](c.ctx, dev, "acme", ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.admin.Delete(c.ctx, api.KindToken, "acme", "dev", 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := api.ListOf[*api.Instance](c.ctx, dev, "acme", ""); api.Code(err) != http.StatusUnauthorized {
+		t.Errorf("deleted token: %v", err)
+	}
+
+	node := c.token(t, api.SystemTenant, "node-n1", api.RoleNode, "n1")
+	reg := api.Registration{Spec: api.NodeSpec{Capacity: api.Resources{CPU: 1000, Memory: 1 << 30}}}
+	lease, err := node.Register(c.ctx, "n1", reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := node.Heartbeat(c.ctx, "n1", lease); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.admin.Delete(c.ctx, api.KindNode, "", "n1", 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := node.Heartbeat(c.ctx, "n1", lease); api.Code(err) != http.StatusUnauthorized {
+		t.Errorf("heartbeat of a removed node: %v", err)
+	}
+	if _, err := node.Register(c.ctx, "n1", reg); api.Code(err) != http.StatusUnauthorized {
+		t.Errorf("a removed node registering again: %v", err)
+	}
+}

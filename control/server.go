@@ -474,7 +474,34 @@ func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	switch k {
+	case api.KindToken:
+		s.auth.forget(func(p Principal) bool { return p.Token == tenant+"/"+name })
+	case api.KindNode:
+		// A removed node's credentials stop working with it.
+		if err := s.revokeNode(r.Context(), name); err != nil {
+			s.fail(w, err)
+			return
+		}
+	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// revokeNode deletes the tokens that act as node and forgets them.
+func (s *Server) revokeNode(ctx context.Context, node string) error {
+	toks, _, err := s.st.List(ctx, api.KindToken, api.SystemTenant, nil)
+	if err != nil {
+		return fmt.Errorf("revoke node %s: %w", node, err)
+	}
+	for _, o := range toks {
+		if t := o.(*api.Token); t.Role == api.RoleNode && t.Node == node {
+			if err := s.st.Delete(ctx, t); err != nil && !api.IsNotFound(err) {
+				return fmt.Errorf("revoke node %s: token %s: %w", node, t.Name, err)
+			}
+		}
+	}
+	s.auth.forget(func(p Principal) bool { return p.Role == api.RoleNode && p.Node == node })
+	return nil
 }
 
 // nodeCaller authenticates a node endpoint: an admin, or the node's own token.
