@@ -26,7 +26,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -111,7 +110,7 @@ func startUpNode(b *testing.B) *upNode {
 		}
 	}
 	b.Cleanup(func() { holder.Process.Kill(); holder.Wait() })
-	b.Cleanup(func() { killCgroup(filepath.Join(n.data, "agent")) })
+	b.Cleanup(func() { uptest.KillContainers(filepath.Join(n.data, "agent")) })
 
 	n.up = exec.Command("nsenter", "--target", strconv.Itoa(holder.Process.Pid), "--mount", "--net", "--",
 		n.berth, "up", "--data-dir", n.data, "--listen", "127.0.0.1:0", "--node-name", "bench")
@@ -183,49 +182,6 @@ func (n *upNode) cli(args ...string) *exec.Cmd {
 	cmd := exec.Command("nsenter", append([]string{"--net=" + n.ns.Path, "--", n.berth}, args...)...)
 	cmd.Env = append(os.Environ(), "BERTH_SERVER="+n.addr, "BERTH_TOKEN="+n.secret, "BERTH_TENANT=bench")
 	return cmd
-}
-
-// killCgroup kills every process under the agent's cgroup parent
-// (/berth/<hash of its root>) and removes the cgroups: the clean-up of a
-// benchmark that leaves its containers running.
-func killCgroup(agentRoot string) {
-	sum := sha256.Sum256([]byte(agentRoot))
-	parent := filepath.Join("berth", hex.EncodeToString(sum[:6]))
-	roots, _ := filepath.Glob("/sys/fs/cgroup/*")
-	roots = append(roots, "/sys/fs/cgroup")
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		alive := 0
-		for _, r := range roots {
-			filepath.WalkDir(filepath.Join(r, parent), func(p string, d os.DirEntry, err error) error {
-				if err != nil || d.Name() != "cgroup.procs" {
-					return nil
-				}
-				raw, _ := os.ReadFile(p)
-				for _, f := range strings.Fields(string(raw)) {
-					if pid, err := strconv.Atoi(f); err == nil {
-						syscall.Kill(pid, syscall.SIGKILL)
-						alive++
-					}
-				}
-				return nil
-			})
-		}
-		if alive == 0 {
-			break
-		}
-	}
-	for _, r := range roots {
-		var dirs []string
-		filepath.WalkDir(filepath.Join(r, parent), func(p string, d os.DirEntry, err error) error {
-			if err == nil && d.IsDir() {
-				dirs = append(dirs, p)
-			}
-			return nil
-		})
-		for _, d := range slices.Backward(dirs) {
-			os.Remove(d)
-		}
-	}
 }
 
 // runRmAPI is `berth run --rm busybox true` through the Go client: create

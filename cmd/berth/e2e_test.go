@@ -4,8 +4,6 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -240,47 +238,7 @@ func (e *e2e) start() {
 // killContainers is the cleanup for a test that failed half way: every
 // process in the agent's cgroups is killed and the cgroups removed. (A
 // test that passed has removed its containers through the API already.)
-func (e *e2e) killContainers() {
-	sum := sha256.Sum256([]byte(filepath.Join(e.data, "agent")))
-	parent := filepath.Join("berth", hex.EncodeToString(sum[:6]))
-	roots, _ := filepath.Glob("/sys/fs/cgroup/*")
-	roots = append(roots, "/sys/fs/cgroup")
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		alive := 0
-		for _, r := range roots {
-			filepath.WalkDir(filepath.Join(r, parent), func(p string, d os.DirEntry, err error) error {
-				if err != nil || d.Name() != "cgroup.procs" {
-					return nil
-				}
-				b, _ := os.ReadFile(p)
-				for _, f := range strings.Fields(string(b)) {
-					if pid, err := strconv.Atoi(f); err == nil {
-						syscall.Kill(pid, syscall.SIGKILL)
-						alive++
-					}
-				}
-				return nil
-			})
-		}
-		if alive == 0 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	for _, r := range roots {
-		var dirs []string
-		filepath.WalkDir(filepath.Join(r, parent), func(p string, d os.DirEntry, err error) error {
-			if err == nil && d.IsDir() {
-				dirs = append(dirs, p)
-			}
-			return nil
-		})
-		for _, d := range slices.Backward(dirs) {
-			os.Remove(d)
-		}
-	}
-}
+func (e *e2e) killContainers() { uptest.KillContainers(filepath.Join(e.data, "agent")) }
 
 // poll calls check until it succeeds or the deadline passes.
 func poll(t *testing.T, what string, d time.Duration, check func() error) {

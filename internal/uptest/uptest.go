@@ -12,6 +12,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -189,4 +191,48 @@ func (b *Buffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
+}
+
+// KillContainers kills every process in the cgroups of the agent whose
+// root is agentRoot (its default parent, /berth/<hash of the root>) and
+// removes the cgroups: the clean-up of a test or benchmark that failed,
+// or that leaves its containers running.
+func KillContainers(agentRoot string) {
+	sum := sha256.Sum256([]byte(agentRoot))
+	parent := filepath.Join("berth", hex.EncodeToString(sum[:6]))
+	roots, _ := filepath.Glob("/sys/fs/cgroup/*")
+	roots = append(roots, "/sys/fs/cgroup")
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		alive := 0
+		for _, r := range roots {
+			filepath.WalkDir(filepath.Join(r, parent), func(p string, d os.DirEntry, err error) error {
+				if err != nil || d.Name() != "cgroup.procs" {
+					return nil
+				}
+				raw, _ := os.ReadFile(p)
+				for _, f := range strings.Fields(string(raw)) {
+					if pid, err := strconv.Atoi(f); err == nil {
+						syscall.Kill(pid, syscall.SIGKILL)
+						alive++
+					}
+				}
+				return nil
+			})
+		}
+		if alive == 0 {
+			break
+		}
+	}
+	for _, r := range roots {
+		var dirs []string
+		filepath.WalkDir(filepath.Join(r, parent), func(p string, d os.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				dirs = append(dirs, p)
+			}
+			return nil
+		})
+		for _, d := range slices.Backward(dirs) {
+			os.Remove(d)
+		}
+	}
 }
