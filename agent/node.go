@@ -19,10 +19,6 @@ const (
 	LabelTemplate = "berth.dev/template"
 )
 
-// InstanceContainerName is the agent container name of an instance: unique
-// per tenant and instance, and readable in `ps`.
-func InstanceContainerName(tenant, name string) string { return tenant + "_" + name }
-
 // InstanceSpec turns an instance placed on node into what the agent runs.
 // network is the node's network ("" or "none": loopback only).
 //
@@ -36,7 +32,7 @@ func InstanceSpec(in *api.Instance, node, network string) (ContainerSpec, error)
 		network = "none"
 	}
 	s := ContainerSpec{
-		Name:    InstanceContainerName(in.Tenant, in.Name),
+		Name:    api.ContainerName(in.Tenant, in.Name),
 		Image:   t.Image,
 		Tenant:  in.Tenant,
 		Memory:  t.Resources.Memory,

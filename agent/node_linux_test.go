@@ -120,7 +120,7 @@ func running(ctx context.Context, cp *controlPlane, a *Agent, tenant string, wan
 	}
 	ins, cs := map[string]*api.Instance{}, map[string]Container{}
 	for _, in := range list.Items {
-		c, err := a.Inspect(InstanceContainerName(in.Tenant, in.Name))
+		c, err := a.Inspect(api.ContainerName(in.Tenant, in.Name))
 		if err != nil {
 			return nil, nil, err
 		}

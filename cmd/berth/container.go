@@ -40,48 +40,6 @@ func getInstance(ctx context.Context, c *api.Client, tenant, name string) (*api.
 	return in, nil
 }
 
-// waitInstance follows an instance from revision rev until done says so,
-// and returns the instance then. If the instance is deleted first it
-// returns the last version seen and errGone.
-func waitInstance(ctx context.Context, c *api.Client, tenant, name string, rev int64, done func(*api.Instance) bool) (*api.Instance, error) {
-	var last *api.Instance
-	if rev == 0 {
-		in, err := getInstance(ctx, c, tenant, name)
-		if err != nil {
-			return nil, err
-		}
-		if done(in) {
-			return in, nil
-		}
-		last, rev = in, in.ResourceVersion
-	}
-	w := c.Watch(ctx, api.KindInstance, tenant, "", rev)
-	defer w.Close()
-	for {
-		ev, err := w.Next()
-		if err != nil {
-			return last, err
-		}
-		in := &api.Instance{}
-		if err := ev.Into(in); err != nil {
-			return last, err
-		}
-		if in.Name != name {
-			continue
-		}
-		if ev.Type == api.Deleted {
-			if last == nil {
-				last = in
-			}
-			return last, errGone
-		}
-		last = in
-		if done(in) {
-			return in, nil
-		}
-	}
-}
-
 // follower follows one instance through a watch opened before the caller
 // changes it, so that each change arrives as it happens: a watch opened
 // later from an older revision is served from etcd's history, which
@@ -170,6 +128,24 @@ func (f *follower) until(ctx context.Context, done func(*api.Instance) bool) (*a
 	}
 }
 
+// change applies f to an instance and then waits until done holds for it
+// (a minute at most), following it from before the write.
+func change(ctx context.Context, c *api.Client, tenant, name string, f func(*api.Instance) error, done func(*api.Instance) bool) (*api.Instance, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	fw, err := follow(ctx, c, tenant, name)
+	if err != nil {
+		return nil, err
+	}
+	defer fw.close()
+	in, err := modifyInstance(ctx, c, tenant, name, f)
+	if err != nil {
+		return nil, err
+	}
+	fw.seen(in)
+	return fw.until(ctx, done)
+}
+
 func isRunning(in *api.Instance) bool { return in.Status.Phase == api.PhaseRunning }
 
 func isDone(in *api.Instance) bool {
@@ -238,27 +214,19 @@ func forEach(names []string, f func(string) error) error {
 }
 
 func newStopCmd(af *apiFlags) *cobra.Command {
-	var timeout time.Duration
 	cmd := &cobra.Command{
-		Use: "stop NAME...", Short: "Stop containers (SIGTERM, then SIGKILL after the grace period)", Args: cobra.MinimumNArgs(1),
+		Use: "stop NAME...", Short: "Stop containers (SIGTERM, then SIGKILL after 10 seconds)", Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c := af.client()
 			return forEach(args, func(n string) error {
-				in, err := modifyInstance(cmd.Context(), c, af.tenant, n, func(in *api.Instance) error {
+				_, err := change(cmd.Context(), c, af.tenant, n, func(in *api.Instance) error {
 					in.Spec.Desired = api.DesiredStopped
 					return nil
-				})
-				if err != nil {
-					return err
-				}
-				ctx, cancel := context.WithTimeout(cmd.Context(), timeout+10*time.Second)
-				defer cancel()
-				_, err = waitInstance(ctx, c, af.tenant, n, in.ResourceVersion, func(in *api.Instance) bool { return !isRunning(in) })
+				}, func(in *api.Instance) bool { return !isRunning(in) })
 				return err
 			})
 		},
 	}
-	cmd.Flags().DurationVarP(&timeout, "time", "t", 10*time.Second, "how long to wait for the container to stop")
 	return cmd
 }
 
@@ -268,17 +236,17 @@ func newStartCmd(af *apiFlags) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c := af.client()
 			return forEach(args, func(n string) error {
-				in, err := modifyInstance(cmd.Context(), c, af.tenant, n, func(in *api.Instance) error {
+				in, err := change(cmd.Context(), c, af.tenant, n, func(in *api.Instance) error {
 					in.Spec.Desired = api.DesiredRunning
 					if isDone(in) {
 						in.Spec.RestartGeneration = max(in.Spec.RestartGeneration, in.Status.Restarts) + 1
 					}
 					return nil
-				})
+				}, startedOrFailed)
 				if err != nil {
 					return err
 				}
-				return waitStarted(cmd.Context(), c, af.tenant, n, in.ResourceVersion)
+				return startFailure(in)
 			})
 		},
 	}
@@ -290,32 +258,21 @@ func startedOrFailed(in *api.Instance) bool {
 	return in.Spec.RestartGeneration <= in.Status.Restarts && started(in) || in.Status.Phase == api.PhaseFailed
 }
 
-// waitStarted waits, up to a minute, until a container runs or has failed.
-func waitStarted(ctx context.Context, c *api.Client, tenant, name string, rev int64) error {
-	ctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	in, err := waitInstance(ctx, c, tenant, name, rev, startedOrFailed)
-	if err != nil {
-		return err
-	}
-	return startFailure(in)
-}
-
 func newRestartCmd(af *apiFlags) *cobra.Command {
 	return &cobra.Command{
 		Use: "restart NAME...", Short: "Restart containers", Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c := af.client()
 			return forEach(args, func(n string) error {
-				in, err := modifyInstance(cmd.Context(), c, af.tenant, n, func(in *api.Instance) error {
+				in, err := change(cmd.Context(), c, af.tenant, n, func(in *api.Instance) error {
 					in.Spec.Desired = api.DesiredRunning
 					in.Spec.RestartGeneration = max(in.Spec.RestartGeneration, in.Status.Restarts) + 1
 					return nil
-				})
+				}, startedOrFailed)
 				if err != nil {
 					return err
 				}
-				return waitStarted(cmd.Context(), c, af.tenant, n, in.ResourceVersion)
+				return startFailure(in)
 			})
 		},
 	}
@@ -365,15 +322,34 @@ func newWaitCmd(af *apiFlags) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c := af.client()
 			for _, n := range args {
-				in, err := waitInstance(cmd.Context(), c, af.tenant, n, 0, isDone)
-				if err != nil && !errors.Is(err, errGone) {
+				code, err := waitExit(cmd.Context(), c, af.tenant, n)
+				if err != nil {
 					return err
 				}
-				fmt.Println(in.Status.ExitCode)
+				fmt.Println(code)
 			}
 			return nil
 		},
 	}
+}
+
+// waitExit waits for a container to end and returns its exit code.
+func waitExit(ctx context.Context, c *api.Client, tenant, name string) (int, error) {
+	fw, err := follow(ctx, c, tenant, name)
+	if err != nil {
+		return -1, err
+	}
+	defer fw.close()
+	in, err := getInstance(ctx, c, tenant, name)
+	if err != nil {
+		return -1, err
+	}
+	fw.seen(in)
+	in, err = fw.until(ctx, isDone)
+	if err != nil && !errors.Is(err, errGone) {
+		return -1, err
+	}
+	return in.Status.ExitCode, nil
 }
 
 func newInspectCmd(af *apiFlags) *cobra.Command {
@@ -661,8 +637,9 @@ func newEventsCmd(af *apiFlags) *cobra.Command {
 			}
 			out := make(chan eventLine)
 			errs := make(chan error, 2)
-			go func() {
-				w := c.Watch(ctx, api.KindInstance, af.tenant, "", l.Revision)
+			// watch sends what each change of kind says, until ctx ends.
+			watch := func(k api.Kind, say func(api.WatchEvent) (eventLine, bool)) {
+				w := c.Watch(ctx, k, af.tenant, "", l.Revision)
 				defer w.Close()
 				for {
 					ev, err := w.Next()
@@ -670,33 +647,31 @@ func newEventsCmd(af *apiFlags) *cobra.Command {
 						errs <- err
 						return
 					}
-					in := &api.Instance{}
-					if ev.Into(in) != nil {
-						continue
-					}
-					e, ok := instanceEvent(ev.Type, in, phases[in.Name])
-					phases[in.Name] = in.Status.Phase
-					if ok {
-						out <- e
+					if e, ok := say(ev); ok {
+						select {
+						case out <- e:
+						case <-ctx.Done():
+							return
+						}
 					}
 				}
-			}()
-			go func() {
-				w := c.Watch(ctx, api.KindEvent, af.tenant, "", l.Revision)
-				defer w.Close()
-				for {
-					ev, err := w.Next()
-					if err != nil {
-						errs <- err
-						return
-					}
-					e := &api.Event{}
-					if ev.Type != api.Added || ev.Into(e) != nil {
-						continue
-					}
-					out <- eventLine{Time: e.Time, Type: e.Type, Object: e.Object, Action: e.Reason, Message: e.Message}
+			}
+			go watch(api.KindInstance, func(ev api.WatchEvent) (eventLine, bool) {
+				in := &api.Instance{}
+				if ev.Into(in) != nil {
+					return eventLine{}, false
 				}
-			}()
+				e, ok := instanceEvent(ev.Type, in, phases[in.Name])
+				phases[in.Name] = in.Status.Phase
+				return e, ok
+			})
+			go watch(api.KindEvent, func(ev api.WatchEvent) (eventLine, bool) {
+				e := &api.Event{}
+				if ev.Type != api.Added || ev.Into(e) != nil {
+					return eventLine{}, false
+				}
+				return eventLine{Time: e.Time, Type: e.Type, Object: e.Object, Action: e.Reason, Message: e.Message}, true
+			})
 			for {
 				select {
 				case err := <-errs:

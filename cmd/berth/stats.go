@@ -65,14 +65,19 @@ func newStatsCmd(af *apiFlags) *cobra.Command {
 					}
 				}
 			}
-			prev := sample(ctx, c, af.tenant, names)
+			prev, err := sample(ctx, c, af.tenant, names)
+			// Named containers must be readable: an unknown or stopped
+			// one is an error, as with docker stats.
+			if err != nil && len(args) > 0 {
+				return err
+			}
 			for {
 				select {
 				case <-ctx.Done():
 					return nil
 				case <-time.After(time.Second):
 				}
-				cur := sample(ctx, c, af.tenant, names)
+				cur, _ := sample(ctx, c, af.tenant, names)
 				var rows []statsRow
 				for _, n := range names {
 					p, ok1 := prev[n]
@@ -97,12 +102,16 @@ func newStatsCmd(af *apiFlags) *cobra.Command {
 }
 
 // sample reads every named container's counters; those that cannot be
-// read (stopped, gone) are left out.
-func sample(ctx context.Context, c *api.Client, tenant string, names []string) map[string]api.Stats {
+// read (stopped, gone) are left out, and the first such error returned.
+func sample(ctx context.Context, c *api.Client, tenant string, names []string) (map[string]api.Stats, error) {
 	out := map[string]api.Stats{}
+	var first error
 	for _, n := range names {
 		s, err := c.Stats(ctx, tenant, n)
 		if err != nil {
+			if first == nil {
+				first = fmt.Errorf("%s: %w", n, err)
+			}
 			continue
 		}
 		if s.Time.IsZero() {
@@ -110,7 +119,7 @@ func sample(ctx context.Context, c *api.Client, tenant string, names []string) m
 		}
 		out[n] = s
 	}
-	return out
+	return out, first
 }
 
 func printStats(rows []statsRow, format string, clear bool) error {

@@ -16,8 +16,6 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/berth-dev/berth/image/imagetest"
-	"github.com/berth-dev/berth/internal/testdir"
 	"github.com/berth-dev/berth/internal/uptest"
 	"golang.org/x/sys/unix"
 )
@@ -78,15 +76,7 @@ func TestDockerVerbs(t *testing.T) {
 		t.Skip("needs root: containers")
 	}
 	berth := filepath.Join(bin, "berth")
-	dir := testdir.World(t)
-	data := filepath.Join(dir, "data")
-	tarPath := filepath.Join(dir, "busybox.tar")
-	if err := os.WriteFile(tarPath, imagetest.BusyboxTar(t).Bytes(), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command(berth, "image", "--root", data, "import", tarPath, "busybox:latest", "-c", "ENV PATH=/bin").CombinedOutput(); err != nil {
-		t.Fatalf("import: %v %s", err, out)
-	}
+	data := busyboxData(t, berth)
 	t.Cleanup(func() { uptest.RemoveContainers(t, bin, data) })
 	p := startUp(t, berth, data)
 	secret, err := os.ReadFile(filepath.Join(data, "admin-token"))
@@ -163,6 +153,9 @@ func TestDockerVerbs(t *testing.T) {
 		}
 		if out := c.ok("stats", "--no-stream", "web"); !strings.Contains(out, "web") || !strings.Contains(out, "MEM USAGE") {
 			t.Errorf("stats: %q", out)
+		}
+		if _, errOut, code := c.run("", "stats", "--no-stream", "nosuch"); code == 0 || !strings.Contains(errOut, "nosuch") {
+			t.Errorf("stats of an unknown container: exit %d, %s", code, errOut)
 		}
 
 		// cp, both ways.
