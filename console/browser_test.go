@@ -15,8 +15,6 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/api"
-	"github.com/berth-dev/berth/image/imagetest"
-	"github.com/berth-dev/berth/internal/testdir"
 )
 
 // chromium is Debian's, which hack/deps.sh installs.
@@ -60,15 +58,7 @@ func TestConsoleInABrowser(t *testing.T) {
 	}
 
 	berth := filepath.Join(bin, "berth")
-	dir := testdir.World(t)
-	data := filepath.Join(dir, "data")
-	tarPath := filepath.Join(dir, "busybox.tar")
-	if err := os.WriteFile(tarPath, imagetest.BusyboxTar(t).Bytes(), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command(berth, "image", "--root", data, "import", tarPath, "busybox:latest", "-c", "ENV PATH=/bin").CombinedOutput(); err != nil {
-		t.Fatalf("import: %v %s", err, out)
-	}
+	data := uptest.BusyboxData(t, berth)
 	t.Cleanup(func() { uptest.RemoveContainers(t, bin, data) })
 	nodeName := fmt.Sprintf("console-%d", os.Getpid())
 	apiURL := uptest.Start(t, uptest.Config{Berth: berth, Data: data, Node: nodeName, Args: []string{"--network", "none"}}).Addr

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -13,8 +12,6 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/api"
-	"github.com/berth-dev/berth/image/imagetest"
-	"github.com/berth-dev/berth/internal/testdir"
 	"github.com/berth-dev/berth/internal/uptest"
 )
 
@@ -22,22 +19,6 @@ import (
 func startUp(t *testing.T, berth, data string) *uptest.Process {
 	t.Helper()
 	return uptest.Start(t, uptest.Config{Berth: berth, Data: data, Node: "up-test", Args: []string{"--network", "none"}})
-}
-
-// busyboxData makes a data directory for berth up holding a busybox image.
-func busyboxData(t *testing.T, berth string) string {
-	t.Helper()
-	// Reached by the containers' unprivileged host uids, unlike t.TempDir.
-	dir := testdir.World(t)
-	data := filepath.Join(dir, "data")
-	tarPath := filepath.Join(dir, "busybox.tar")
-	if err := os.WriteFile(tarPath, imagetest.BusyboxTar(t).Bytes(), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command(berth, "image", "--root", data, "import", tarPath, "busybox:latest", "-c", "ENV PATH=/bin").CombinedOutput(); err != nil {
-		t.Fatalf("import: %v %s", err, out)
-	}
-	return data
 }
 
 // pidOf finds the process whose command line contains mark.
@@ -66,7 +47,7 @@ func TestUpRunsContainersThatOutliveIt(t *testing.T) {
 		t.Skip("needs root: containers")
 	}
 	berth := filepath.Join(bin, "berth")
-	data := busyboxData(t, berth)
+	data := uptest.BusyboxData(t, berth)
 	// Whatever happens, no container outlives the test.
 	t.Cleanup(func() { uptest.RemoveContainers(t, bin, data) })
 

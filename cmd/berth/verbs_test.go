@@ -76,7 +76,7 @@ func TestDockerVerbs(t *testing.T) {
 		t.Skip("needs root: containers")
 	}
 	berth := filepath.Join(bin, "berth")
-	data := busyboxData(t, berth)
+	data := uptest.BusyboxData(t, berth)
 	t.Cleanup(func() { uptest.RemoveContainers(t, bin, data) })
 	p := startUp(t, berth, data)
 	secret, err := os.ReadFile(filepath.Join(data, "admin-token"))

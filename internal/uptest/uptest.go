@@ -22,8 +22,27 @@ import (
 
 	"github.com/berth-dev/berth/agent"
 	"github.com/berth-dev/berth/image"
+	"github.com/berth-dev/berth/image/imagetest"
+	"github.com/berth-dev/berth/internal/testdir"
 	"github.com/berth-dev/berth/runtime"
 )
+
+// BusyboxData makes a data directory for berth up holding a busybox image
+// (busybox:latest, PATH=/bin), imported with berth's own CLI.
+func BusyboxData(t testing.TB, berth string) string {
+	t.Helper()
+	// Reached by the containers' unprivileged host uids, unlike t.TempDir.
+	dir := testdir.World(t)
+	data := filepath.Join(dir, "data")
+	tarPath := filepath.Join(dir, "busybox.tar")
+	if err := os.WriteFile(tarPath, imagetest.BusyboxTar(t).Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(berth, "image", "--root", data, "import", tarPath, "busybox:latest", "-c", "ENV PATH=/bin").CombinedOutput(); err != nil {
+		t.Fatalf("import: %v %s", err, out)
+	}
+	return data
+}
 
 // Process is a running `berth up`.
 type Process struct {
