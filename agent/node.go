@@ -197,3 +197,36 @@ func DecideInstance(in *api.Instance, have *Container, acted int) NodeAction {
 	}
 	return ActNone
 }
+
+// Handoff is what a node does with the container of an instance that left
+// it (moved by a drain or a move, or rescheduled while the node was cut
+// off): the container keeps serving until the instance serves elsewhere,
+// then its grace period, so that a move never drops capacity and a short
+// partition never causes an outage.
+type Handoff int
+
+// The handoff verdicts.
+const (
+	HandoffKeep   Handoff = iota // keep running
+	HandoffWait                  // the new one is ready: waiting out the grace period
+	HandoffRemove                // stop and remove the container now
+	HandoffBack                  // the instance is this node's again
+)
+
+// DecideHandoff judges a left instance by what the control plane says of
+// it now: e is nil when the instance no longer exists. readySince is when
+// it was first seen ready elsewhere (zero if not yet); running says whether
+// this node's container still runs (one that does not serves nothing).
+func DecideHandoff(e *api.FabricEndpoint, self string, running bool, readySince, now time.Time, grace time.Duration) Handoff {
+	switch {
+	case e == nil, e.Stopped, !running:
+		return HandoffRemove
+	case e.Node == self:
+		return HandoffBack
+	case !e.Ready || e.Node == "":
+		return HandoffKeep
+	case readySince.IsZero() || now.Sub(readySince) < grace:
+		return HandoffWait
+	}
+	return HandoffRemove
+}

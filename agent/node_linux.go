@@ -44,6 +44,8 @@ type Node struct {
 	// insts by "tenant/name"; guarded by mu.
 	insts map[string]*nodeInstance
 	kick  chan struct{}
+	// handoff wakes the handoff loop when an instance leaves.
+	handoff chan struct{}
 }
 
 // nodeInstance is the node's record of one instance placed on it.
@@ -56,6 +58,11 @@ type nodeInstance struct {
 	// failure is why the container could not be made or started.
 	failure  string
 	reported *api.InstanceStatus
+	// leaving: the instance left this node (or is gone); its container
+	// runs on until the handoff loop says otherwise, unreported.
+	leaving bool
+	// readySince is when the instance was first seen ready elsewhere.
+	readySince time.Time
 }
 
 // NewNode returns a node loop; Run serves it.
@@ -72,7 +79,8 @@ func NewNode(cfg NodeConfig) (*Node, error) {
 	if cfg.Reg.Spec.Capacity == (api.Resources{}) {
 		cfg.Reg.Spec.Capacity = HostCapacity()
 	}
-	return &Node{cfg: cfg, log: cfg.Log.With("node", cfg.Name), insts: map[string]*nodeInstance{}, kick: make(chan struct{}, 1)}, nil
+	return &Node{cfg: cfg, log: cfg.Log.With("node", cfg.Name), insts: map[string]*nodeInstance{}, kick: make(chan struct{}, 1),
+		handoff: make(chan struct{}, 1)}, nil
 }
 
 // HostCapacity is this machine's CPUs (millicores) and memory.
@@ -96,9 +104,10 @@ func (n *Node) Run(ctx context.Context) error {
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	wg.Add(2)
+	wg.Add(3)
 	go func() { defer wg.Done(); n.heartbeat(ctx, lease) }()
 	go func() { defer wg.Done(); n.report(ctx) }()
+	go func() { defer wg.Done(); n.handoffLoop(ctx) }()
 	for {
 		err := n.serve(ctx)
 		if ctx.Err() != nil {
@@ -134,7 +143,7 @@ func (n *Node) serve(ctx context.Context) error {
 			return err
 		}
 		if ev.Type == api.Deleted || in.Spec.Node != n.cfg.Name {
-			n.forget(ctx, in.Tenant+"/"+in.Name)
+			n.leave(in.Tenant + "/" + in.Name)
 			continue
 		}
 		n.sync(ctx, in)
@@ -165,41 +174,139 @@ func (n *Node) resync(ctx context.Context, items []*api.Instance) {
 		if dup {
 			n.removeContainer(ctx, old.ID)
 		}
-		if !want[key] {
-			n.removeContainer(ctx, c.ID)
-			continue
-		}
 		found[key] = c
 	}
 	n.mu.Lock()
-	for key, ni := range n.insts {
-		if !want[key] {
-			delete(n.insts, key)
-			if ni.id != "" {
-				defer n.removeContainer(ctx, ni.id)
-			}
-		}
-	}
 	for key, c := range found {
 		if _, ok := n.insts[key]; !ok {
 			n.insts[key] = &nodeInstance{id: c.ID, acted: -1}
 		}
 	}
+	var gone []string
+	for key := range n.insts {
+		if !want[key] {
+			gone = append(gone, key)
+		}
+	}
 	n.mu.Unlock()
+	// Instances no longer here are handed over, not dropped: after a
+	// partition the list may say they moved, and their replacements may
+	// not serve yet.
+	for _, key := range gone {
+		n.leave(key)
+	}
 	for _, in := range items {
 		n.sync(ctx, in)
 	}
 }
 
-// forget removes an instance that was deleted or moved away.
-func (n *Node) forget(ctx context.Context, key string) {
+// leave marks an instance that was deleted or moved away: its container
+// is handed over by handoffLoop.
+func (n *Node) leave(key string) {
 	n.mu.Lock()
 	ni, ok := n.insts[key]
-	delete(n.insts, key)
-	n.mu.Unlock()
-	if ok && ni.id != "" {
-		n.removeContainer(ctx, ni.id)
+	if ok && ni.id == "" {
+		delete(n.insts, key)
+	} else if ok && !ni.leaving {
+		ni.leaving, ni.readySince, ni.reported = true, time.Time{}, nil
 	}
+	n.mu.Unlock()
+	select {
+	case n.handoff <- struct{}{}:
+	default:
+	}
+}
+
+// handoffPoll is how often the node asks about instances it is handing over.
+const handoffPoll = 500 * time.Millisecond
+
+// handoffLoop ends the containers of instances that left this node once
+// DecideHandoff says so, asking the control plane where each instance is
+// now. Cut off from the control plane, it keeps them all.
+func (n *Node) handoffLoop(ctx context.Context) {
+	t := time.NewTicker(handoffPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-n.handoff:
+		}
+		n.mu.Lock()
+		leaving := 0
+		for _, ni := range n.insts {
+			if ni.leaving {
+				leaving++
+			}
+		}
+		n.mu.Unlock()
+		if leaving == 0 {
+			continue
+		}
+		fab, err := n.cfg.Client.Fabric(ctx, n.cfg.Name)
+		if err != nil {
+			if ctx.Err() == nil {
+				n.log.Warn("hand over instances: read where they are", "err", err)
+			}
+			continue
+		}
+		where := make(map[string]*api.FabricEndpoint, len(fab.Endpoints))
+		for i := range fab.Endpoints {
+			e := &fab.Endpoints[i]
+			where[e.Tenant+"/"+e.Instance] = e
+		}
+		n.handOver(ctx, where, time.Now())
+	}
+}
+
+func (n *Node) handOver(ctx context.Context, where map[string]*api.FabricEndpoint, now time.Time) {
+	type removal struct{ key, id string }
+	var remove []removal
+	n.mu.Lock()
+	for key, ni := range n.insts {
+		if !ni.leaving {
+			continue
+		}
+		running := false
+		if c, err := n.cfg.Agent.Inspect(ni.id); err == nil {
+			running = c.State.Status == StatusRunning || c.State.Status == StatusRestarting
+		}
+		grace := api.DefaultStopGracePeriod
+		if ni.in != nil {
+			grace = ni.in.Spec.Template.GracePeriod()
+		}
+		e := where[key]
+		switch DecideHandoff(e, n.cfg.Name, running, ni.readySince, now, grace) {
+		case HandoffRemove:
+			delete(n.insts, key)
+			remove = append(remove, removal{key, ni.id})
+		case HandoffWait:
+			if ni.readySince.IsZero() {
+				ni.readySince = now
+				n.log.Info("instance serves elsewhere; stopping here after its grace period", "instance", key, "node", e.Node, "grace", grace)
+			}
+		case HandoffKeep, HandoffBack:
+			ni.readySince = time.Time{}
+		}
+	}
+	n.mu.Unlock()
+	// A drain hands over many at once; each stop may wait out its timeout.
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 16)
+	for _, r := range remove {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			n.log.Info("instance handed over", "instance", r.key)
+			if err := n.cfg.Agent.Stop(context.WithoutCancel(ctx), r.id, 10*time.Second); err != nil && !errors.Is(err, ErrNotFound) {
+				n.log.Warn("stop handed-over container", "id", r.id, "err", err)
+			}
+			n.removeContainer(ctx, r.id)
+		}()
+	}
+	wg.Wait()
 }
 
 func (n *Node) removeContainer(ctx context.Context, id string) {
@@ -220,6 +327,7 @@ func (n *Node) sync(ctx context.Context, in *api.Instance) {
 		n.insts[key] = ni
 	}
 	ni.in = in
+	ni.leaving, ni.readySince = false, time.Time{}
 	// The control plane changed the status (a lost node's instances are
 	// marked so, say): say again what is true.
 	if r := ni.reported; r != nil && !SameStatus(in.Status, *r) {
@@ -318,7 +426,7 @@ func (n *Node) report(ctx context.Context) {
 		var todo []pending
 		n.mu.Lock()
 		for _, ni := range n.insts {
-			if ni.in == nil {
+			if ni.in == nil || ni.leaving {
 				continue
 			}
 			var st api.InstanceStatus

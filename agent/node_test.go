@@ -202,3 +202,30 @@ func TestInstanceSpecMapsTheRunFlags(t *testing.T) {
 		t.Errorf("tty without init: %v", err)
 	}
 }
+
+func TestDecideHandoff(t *testing.T) {
+	now := time.Unix(1000, 0)
+	grace := 2 * time.Second
+	elsewhere := &api.FabricEndpoint{Node: "b", Ready: true}
+	for _, c := range []struct {
+		name       string
+		e          *api.FabricEndpoint
+		running    bool
+		readySince time.Time
+		want       Handoff
+	}{
+		{"deleted", nil, true, time.Time{}, HandoffRemove},
+		{"wanted stopped", &api.FabricEndpoint{Node: "b", Stopped: true}, true, time.Time{}, HandoffRemove},
+		{"not running here", &api.FabricEndpoint{Node: ""}, false, time.Time{}, HandoffRemove},
+		{"unplaced", &api.FabricEndpoint{Node: ""}, true, time.Time{}, HandoffKeep},
+		{"placed, not ready", &api.FabricEndpoint{Node: "b"}, true, time.Time{}, HandoffKeep},
+		{"back here", &api.FabricEndpoint{Node: "a"}, true, time.Time{}, HandoffBack},
+		{"ready, just seen", elsewhere, true, time.Time{}, HandoffWait},
+		{"ready, within grace", elsewhere, true, now.Add(-time.Second), HandoffWait},
+		{"ready, grace over", elsewhere, true, now.Add(-grace), HandoffRemove},
+	} {
+		if got := DecideHandoff(c.e, "a", c.running, c.readySince, now, grace); got != c.want {
+			t.Errorf("%s: got %d, want %d", c.name, got, c.want)
+		}
+	}
+}

@@ -109,6 +109,15 @@ type Token struct {
 	// Secret is set only in the response to create: "tenant.name.random".
 	Secret     string `json:"secret,omitempty"`
 	SecretHash string `json:"secretHash,omitempty"`
+	// Expires, when set, ends the token (join tokens always have it).
+	Expires time.Time `json:"expires,omitzero"`
+	// Certificate is the fingerprint of the node's current client
+	// certificate: a node that joined authenticates with it rather than a
+	// secret, and a renewal or the node's removal revokes the old one.
+	Certificate string `json:"certificate,omitempty"`
+	// PreviousCertificate stays good after a renewal, for the requests
+	// already on their way with it; the next renewal drops it.
+	PreviousCertificate string `json:"previousCertificate,omitempty"`
 }
 
 // Kind implements Object.
@@ -265,6 +274,11 @@ type Template struct {
 	// Network "none" gives the container loopback only, whatever its
 	// node's network; "" attaches it to the node's network.
 	Network string `json:"network,omitempty"`
+	// StopGracePeriod is how long an instance stays up after leaving its
+	// service's endpoints before it is signalled (DefaultStopGracePeriod
+	// when unset; 0 signals at once). A pointer, so that unset and 0
+	// differ and templates that never set it keep their hash.
+	StopGracePeriod *Duration `json:"stopGracePeriod,omitempty"`
 }
 
 // Mount types.
@@ -324,6 +338,9 @@ type ServiceStatus struct {
 	Message      string `json:"message,omitempty"`
 	// Stable is the last template fully rolled out: what rollback restores.
 	Stable *Template `json:"stable,omitempty"`
+	// Retiring counts instances out of the endpoints, waiting out their
+	// grace period before they are stopped; Replicas does not count them.
+	Retiring int `json:"retiring,omitempty"`
 }
 
 // Instance desired states.
@@ -377,6 +394,10 @@ type InstanceSpec struct {
 	// AutoRemove deletes the instance once it has exited and will not be
 	// restarted (docker run --rm).
 	AutoRemove bool `json:"autoRemove,omitempty"`
+	// StopAt, set by the service controller, marks the instance retiring:
+	// it left its service's endpoints when StopAt was set, and is deleted
+	// (its container signalled) once StopAt has passed.
+	StopAt time.Time `json:"stopAt,omitzero"`
 }
 
 // InstanceStatus is observed state: reported by the agent, annotated by the

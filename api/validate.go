@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"strings"
+	"time"
 )
 
 // Limits on what a spec may ask for.
@@ -46,10 +47,14 @@ func Validate(o Object) error {
 			if err := ValidName(v.Node); err != nil {
 				return &FieldError{Field: "node", Message: err.Error()}
 			}
+		case RoleJoin:
+			if v.Expires.IsZero() {
+				return &FieldError{Field: "expires", Message: "a join token must expire"}
+			}
 		default:
-			return &FieldError{Field: "role", Message: fmt.Sprintf("unknown role %q (admin, tenant-admin, read-only, node)", v.Role)}
+			return &FieldError{Field: "role", Message: fmt.Sprintf("unknown role %q (admin, tenant-admin, read-only, node, join)", v.Role)}
 		}
-		if (v.Role == RoleAdmin || v.Role == RoleNode) && v.Tenant != SystemTenant {
+		if (v.Role == RoleAdmin || v.Role == RoleNode || v.Role == RoleJoin) && v.Tenant != SystemTenant {
 			return &FieldError{Field: "role", Message: string(v.Role) + " tokens belong to the system tenant"}
 		}
 	case *Node:
@@ -88,6 +93,9 @@ func Validate(o Object) error {
 		}
 		if v.Spec.RestartGeneration < 0 {
 			return &FieldError{Field: "spec.restartGeneration", Message: "must not be negative"}
+		}
+		if !v.Spec.StopAt.IsZero() && v.Spec.Service == "" {
+			return &FieldError{Field: "spec.stopAt", Message: "set by the service controller on a service's instances only"}
 		}
 		return ValidTemplate("spec.template", v.Spec.Template)
 	case *AddressBlock:
@@ -261,6 +269,9 @@ func ValidTemplate(field string, t Template) error {
 	}
 	if t.PidsLimit < 0 {
 		return &FieldError{Field: field + ".pidsLimit", Message: "must not be negative"}
+	}
+	if g := t.StopGracePeriod; g != nil && (*g < 0 || time.Duration(*g) > MaxStopGracePeriod) {
+		return &FieldError{Field: field + ".stopGracePeriod", Message: fmt.Sprintf("%v is not between 0s and %v", time.Duration(*g), MaxStopGracePeriod)}
 	}
 	switch t.Network {
 	case "", "none":

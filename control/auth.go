@@ -59,6 +59,10 @@ const cacheTTL = 5 * time.Second
 
 func (a *authenticator) authenticate(ctx context.Context, r *http.Request) (Principal, error) {
 	h := r.Header.Get("Authorization")
+	// A node that joined shows its certificate instead of a token.
+	if h == "" && r.TLS != nil && len(r.TLS.VerifiedChains) > 0 && len(r.TLS.VerifiedChains[0]) > 0 {
+		return a.authenticateCert(ctx, r.TLS.VerifiedChains[0][0])
+	}
 	secret, ok := strings.CutPrefix(h, "Bearer ")
 	if !ok {
 		secret, ok = websocketBearer(r)
@@ -85,16 +89,20 @@ func (a *authenticator) authenticate(ctx context.Context, r *http.Request) (Prin
 		return Principal{}, err
 	}
 	t := o.(*api.Token)
-	if subtle.ConstantTimeCompare([]byte(hashSecret(secret)), []byte(t.SecretHash)) != 1 {
+	if t.SecretHash == "" || subtle.ConstantTimeCompare([]byte(hashSecret(secret)), []byte(t.SecretHash)) != 1 {
 		return Principal{}, api.Errorf(http.StatusUnauthorized, "unknown token")
 	}
-	p := Principal{Tenant: t.Tenant, Role: t.Role, Node: t.Node, Token: t.Tenant + "/" + t.Name}
-	a.mu.Lock()
-	if len(a.cache) > 100_000 {
-		a.cache = map[string]cachedPrincipal{}
+	exp := now.Add(cacheTTL)
+	if !t.Expires.IsZero() {
+		if !now.Before(t.Expires) {
+			return Principal{}, api.Errorf(http.StatusUnauthorized, "token %s/%s expired at %s", t.Tenant, t.Name, t.Expires.Format(time.RFC3339))
+		}
+		if t.Expires.Before(exp) {
+			exp = t.Expires
+		}
 	}
-	a.cache[secret] = cachedPrincipal{p: p, exp: now.Add(cacheTTL)}
-	a.mu.Unlock()
+	p := Principal{Tenant: t.Tenant, Role: t.Role, Node: t.Node, Token: t.Tenant + "/" + t.Name}
+	a.remember(secret, p, exp)
 	return p, nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/berth-dev/berth/api"
 )
@@ -70,12 +71,12 @@ func (s *Server) containerOp(op, verb string) http.HandlerFunc {
 			s.fail(w, err)
 			return
 		}
-		agentURL, err := s.agentOf(ctx, tenant, name)
+		node, agentURL, err := s.agentOf(ctx, tenant, name)
 		if err != nil {
 			s.fail(w, err)
 			return
 		}
-		target, tr, err := s.agentTransport(agentURL)
+		target, tr, err := s.agentTransport(node, agentURL)
 		if err != nil {
 			s.fail(w, err)
 			return
@@ -128,43 +129,45 @@ func (s *Server) containerOp(op, verb string) http.HandlerFunc {
 	}
 }
 
-// agentOf finds where the agent running an instance's container listens.
-func (s *Server) agentOf(ctx context.Context, tenant, name string) (string, error) {
+// agentOf finds the node running an instance's container and where its
+// agent listens.
+func (s *Server) agentOf(ctx context.Context, tenant, name string) (node, agentURL string, err error) {
 	o, err := s.st.Get(ctx, api.KindInstance, tenant, name)
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	in := o.(*api.Instance)
 	if in.Spec.Node == "" {
-		return "", api.Errorf(http.StatusConflict, "instance %s is not on a node yet (%s)", name, in.Status.Phase)
+		return "", "", api.Errorf(http.StatusConflict, "instance %s is not on a node yet (%s)", name, in.Status.Phase)
 	}
 	no, err := s.st.Get(ctx, api.KindNode, "", in.Spec.Node)
 	if err != nil {
 		if api.IsNotFound(err) {
-			return "", api.Errorf(http.StatusConflict, "instance %s: its node %s is gone", name, in.Spec.Node)
+			return "", "", api.Errorf(http.StatusConflict, "instance %s: its node %s is gone", name, in.Spec.Node)
 		}
-		return "", err
+		return "", "", err
 	}
 	n := no.(*api.Node)
 	if n.Spec.AgentURL == "" {
-		return "", api.Errorf(http.StatusNotImplemented, "node %s does not serve container operations (no agent URL registered)", n.Name)
+		return "", "", api.Errorf(http.StatusNotImplemented, "node %s does not serve container operations (no agent URL registered)", n.Name)
 	}
-	return n.Spec.AgentURL, nil
+	return n.Name, n.Spec.AgentURL, nil
 }
 
-// agentTransport returns the base URL and transport for an agent URL,
+// agentTransport returns the base URL and transport for node's agent URL,
 // sharing one transport per agent.
-func (s *Server) agentTransport(agentURL string) (*url.URL, http.RoundTripper, error) {
+func (s *Server) agentTransport(node, agentURL string) (*url.URL, http.RoundTripper, error) {
 	u, err := url.Parse(agentURL)
 	if err != nil {
 		return nil, nil, api.Errorf(http.StatusBadGateway, "agent URL %q: %v", agentURL, err)
 	}
+	key := node + " " + agentURL
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.agents == nil {
 		s.agents = map[string]*http.Transport{}
 	}
-	tr := s.agents[agentURL]
+	tr := s.agents[key]
 	switch u.Scheme {
 	case "unix":
 		if tr == nil {
@@ -174,13 +177,23 @@ func (s *Server) agentTransport(agentURL string) (*url.URL, http.RoundTripper, e
 				return d.DialContext(ctx, "unix", sock)
 			}}
 		}
-		s.agents[agentURL] = tr
+		s.agents[key] = tr
 		return &url.URL{Scheme: "http", Host: "agent"}, tr, nil
-	case "http", "https":
+	case "https":
+		if tr == nil {
+			tc, err := s.agentTLS(node)
+			if err != nil {
+				return nil, nil, err
+			}
+			tr = &http.Transport{TLSClientConfig: tc, ForceAttemptHTTP2: false, IdleConnTimeout: 90 * time.Second}
+		}
+		s.agents[key] = tr
+		return &url.URL{Scheme: u.Scheme, Host: u.Host, Path: strings.TrimSuffix(u.Path, "/")}, tr, nil
+	case "http":
 		if tr == nil {
 			tr = &http.Transport{}
 		}
-		s.agents[agentURL] = tr
+		s.agents[key] = tr
 		return &url.URL{Scheme: u.Scheme, Host: u.Host, Path: strings.TrimSuffix(u.Path, "/")}, tr, nil
 	}
 	return nil, nil, api.Errorf(http.StatusBadGateway, "agent URL %q: scheme must be unix, http or https", agentURL)

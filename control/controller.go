@@ -46,9 +46,10 @@ type LoopConfig struct {
 // ctx ends.
 func RunLeader(ctx context.Context, cfg LoopConfig) error {
 	for ctx.Err() == nil {
-		// A short session would hand leadership over faster, but a leader
-		// that loses it under load has to reload the whole cluster.
-		sess, err := concurrency.NewSession(cfg.Store.Client(), concurrency.WithTTL(5), concurrency.WithContext(ctx))
+		// A shorter session would hand leadership over faster still, but a
+		// leader that loses it under load has to reload the whole cluster;
+		// 3 s matches the node lease.
+		sess, err := concurrency.NewSession(cfg.Store.Client(), concurrency.WithTTL(3), concurrency.WithContext(ctx))
 		if err != nil {
 			cfg.Log.Warn("election session", "err", err)
 			sleep(ctx, time.Second)
@@ -191,7 +192,8 @@ func (l *Loop) Cycle(ctx context.Context) error {
 	}()
 	l.fresh = nil
 	var errs []error
-	for _, step := range []func(context.Context) error{l.nodes, l.services, func(ctx context.Context) error { return l.health(ctx, now) }, l.schedule} {
+	for _, step := range []func(context.Context) error{l.nodes, func(ctx context.Context) error { return l.services(ctx, now) },
+		func(ctx context.Context) error { return l.health(ctx, now) }, l.schedule} {
 		if err := step(ctx); err != nil {
 			errs = append(errs, err)
 		}
@@ -279,7 +281,29 @@ func (l *Loop) nodes(ctx context.Context) error {
 		if alive && !n.Spec.Drain {
 			continue
 		}
-		ins := byNode[name]
+		// Retiring instances are not moved: on a draining node each stays
+		// for its grace period (the service controller deletes it then);
+		// on a lost one it is gone already. Nor are a draining node's
+		// service instances: the service controller replaces each and
+		// retires it once the replacement serves.
+		var ins []*api.Instance
+		var gone []api.Object
+		for _, in := range byNode[name] {
+			switch {
+			case reconcile.Retiring(in) && !alive:
+				gone = append(gone, in)
+			case reconcile.Retiring(in), alive && in.Spec.Service != "":
+				// Stays where it is.
+			default:
+				ins = append(ins, in)
+			}
+		}
+		if err := l.deleteAll(ctx, "delete retiring instances of lost node "+name, gone); err != nil {
+			return err
+		}
+		if len(ins) == 0 {
+			continue
+		}
 		sort.Slice(ins, func(i, j int) bool { return key(&ins[i].Meta) < key(&ins[j].Meta) })
 		phase, reason := api.PhaseLost, "node "+name+" lost; rescheduling"
 		if alive {
@@ -349,8 +373,11 @@ func nodePhase(n *api.Node, alive, busy bool) string {
 }
 
 // services runs the service controller over every service, and removes
-// instances whose service is gone.
-func (l *Loop) services(ctx context.Context) error {
+// instances whose service is gone. A surplus instance that serves is first
+// retired (its StopAt set, which takes it out of the endpoints) and deleted
+// only once StopAt has passed: clients stop sending to it before the agent
+// signals it.
+func (l *Loop) services(ctx context.Context, now time.Time) error {
 	s := l.s
 	owned := map[string][]*api.Instance{}
 	var orphans []api.Object
@@ -368,15 +395,34 @@ func (l *Loop) services(ctx context.Context) error {
 	if err := l.deleteAll(ctx, "delete instances of deleted services", orphans); err != nil {
 		return err
 	}
+	draining := map[string]bool{}
+	for name, n := range s.nodes {
+		if n.Spec.Drain && s.alive[name] {
+			draining[name] = true
+		}
+	}
 	for _, k := range slices.Sorted(maps.Keys(s.services)) {
 		svc := s.services[k]
-		plan := reconcile.Service(svc, owned[k])
+		plan := reconcile.Service(svc, owned[k], draining, now)
+		var prev, next []*api.Instance
+		for _, name := range slices.Sorted(maps.Keys(plan.Retire)) {
+			in := s.instances[svc.Tenant+"/"+name]
+			c := copyInstance(in)
+			c.Spec.StopAt = plan.Retire[name].UTC()
+			prev, next = append(prev, in), append(next, c)
+		}
+		if err := l.writeInstances(ctx, "retire instances of service "+k, prev, next); err != nil {
+			return err
+		}
 		var dels []api.Object
 		for _, name := range plan.Delete {
 			dels = append(dels, s.instances[svc.Tenant+"/"+name])
 		}
 		if err := l.deleteAll(ctx, "scale down service "+k, dels); err != nil {
 			return err
+		}
+		if len(next)+len(dels) > 0 {
+			l.cfg.Log.Debug("service instances retired and deleted", "service", k, "retired", len(next), "deleted", len(dels))
 		}
 		// New instances are written by the scheduler, placed if they fit,
 		// so each costs one write rather than a create and a placement.
@@ -503,7 +549,7 @@ func (l *Loop) schedule(ctx context.Context) error {
 	s := l.s
 	var pending []*api.Instance
 	for _, in := range s.instances {
-		if in.Spec.Node == "" && in.Spec.Desired != api.DesiredStopped {
+		if in.Spec.Node == "" && in.Spec.Desired != api.DesiredStopped && !reconcile.Retiring(in) {
 			pending = append(pending, in)
 		}
 	}

@@ -5,20 +5,34 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/berth-dev/berth/api"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/membership"
+	"go.etcd.io/etcd/server/v3/storage/wal"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 )
 
 // EtcdConfig tunes the embedded etcd.
 type EtcdConfig struct {
 	Dir string
-	// ClientURL to listen on; empty picks a free loopback port.
+	// Name of this member; empty is etcd's own default ("default").
+	Name string
+	// ClientURL to listen on and advertise; empty picks a free loopback port.
 	ClientURL string
+	// PeerURL to listen on and advertise to the other members; empty picks
+	// a free loopback port when running alone, and takes this member's
+	// entry of InitialCluster in a cluster.
+	PeerURL string
+	// InitialCluster lists every member of a static cluster as
+	// "name=peerURL,..."; empty runs a single-node etcd of this member alone.
+	InitialCluster string
 	// Fast shortens heartbeats and elections and skips fsync: for tests
 	// and benchmarks only.
 	Fast bool
@@ -30,8 +44,129 @@ type EtcdConfig struct {
 	NoFsync bool
 }
 
-// StartEtcd runs a single-node etcd in dir and returns it with a client.
+// EtcdMember is one entry of an initial cluster.
+type EtcdMember struct {
+	Name    string
+	PeerURL string
+}
+
+// ParseInitialCluster parses "name=peerURL,..." into its members, in order.
+func ParseInitialCluster(s string) ([]EtcdMember, error) {
+	var ms []EtcdMember
+	names, peers := map[string]bool{}, map[string]string{}
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		name, u, ok := strings.Cut(part, "=")
+		if !ok || name == "" || u == "" {
+			return nil, fmt.Errorf("initial cluster entry %q: want name=URL", part)
+		}
+		pu, err := memberURL(u)
+		if err != nil {
+			return nil, fmt.Errorf("initial cluster member %s: %w", name, err)
+		}
+		if names[name] {
+			return nil, fmt.Errorf("initial cluster lists member %s twice", name)
+		}
+		if other, dup := peers[pu]; dup {
+			return nil, fmt.Errorf("initial cluster members %s and %s share the peer URL %s", other, name, pu)
+		}
+		names[name], peers[pu] = true, name
+		ms = append(ms, EtcdMember{Name: name, PeerURL: pu})
+	}
+	return ms, nil
+}
+
+// memberURL checks that s is an http(s) URL of a host and port, which is
+// all etcd can listen on, and returns it in canonical form.
+func memberURL(s string) (string, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "", fmt.Errorf("url %q: %w", s, err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return "", fmt.Errorf("url %q: scheme must be http or https", s)
+	}
+	if u.Hostname() == "" || u.Port() == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
+		return "", fmt.Errorf("url %q: want %s://HOST:PORT", s, u.Scheme)
+	}
+	return u.Scheme + "://" + strings.ToLower(u.Host), nil
+}
+
+// cluster checks a clustered configuration and returns its members and
+// this member's peer URL; nil members means a single node.
+func (c EtcdConfig) cluster() ([]EtcdMember, string, error) {
+	if c.InitialCluster == "" {
+		if c.Name != "" || c.PeerURL != "" {
+			return nil, "", fmt.Errorf("etcd member name and peer URL need an initial cluster")
+		}
+		return nil, "", nil
+	}
+	if c.Name == "" {
+		return nil, "", fmt.Errorf("etcd cluster member needs a name")
+	}
+	ms, err := ParseInitialCluster(c.InitialCluster)
+	if err != nil {
+		return nil, "", err
+	}
+	var own string
+	for _, m := range ms {
+		if m.Name == c.Name {
+			own = m.PeerURL
+		}
+	}
+	if own == "" {
+		return nil, "", fmt.Errorf("etcd member %s is not in the initial cluster %q", c.Name, c.InitialCluster)
+	}
+	if c.PeerURL != "" {
+		pu, err := memberURL(c.PeerURL)
+		if err != nil {
+			return nil, "", fmt.Errorf("etcd peer URL: %w", err)
+		}
+		if pu != own {
+			return nil, "", fmt.Errorf("etcd member %s listens for peers on %s but the initial cluster gives it %s", c.Name, pu, own)
+		}
+	}
+	if c.ClientURL == "" {
+		return nil, "", fmt.Errorf("etcd cluster member %s needs a client URL the other servers can reach", c.Name)
+	}
+	cu, err := memberURL(c.ClientURL)
+	if err != nil {
+		return nil, "", fmt.Errorf("etcd client URL: %w", err)
+	}
+	for _, m := range ms {
+		if m.PeerURL == cu {
+			return nil, "", fmt.Errorf("etcd client URL %s is also the peer URL of member %s", cu, m.Name)
+		}
+	}
+	return ms, own, nil
+}
+
+// Check reports what is wrong with the configuration, without touching
+// the disk or the network.
+func (c EtcdConfig) Check() error {
+	_, _, err := c.cluster()
+	return err
+}
+
+// clusterState is "existing" when dir already holds a member's write-ahead
+// log, so that a restarted member rejoins with its own data rather than
+// bootstrapping a cluster that exists.
+func clusterState(dir string) string {
+	if wal.Exist(filepath.Join(dir, "member", "wal")) {
+		return embed.ClusterStateFlagExisting
+	}
+	return embed.ClusterStateFlagNew
+}
+
+// StartEtcd runs an embedded etcd in dir, alone or as one member of a
+// static cluster, and returns it with a client. A member's client reaches
+// every member that has published its client URL (its own first), so that
+// one member's death does not stop it.
 func StartEtcd(cfg EtcdConfig) (*embed.Etcd, *clientv3.Client, error) {
+	members, ownPeer, err := cfg.cluster()
+	if err != nil {
+		return nil, nil, err
+	}
 	ec := embed.NewConfig()
 	ec.Dir = cfg.Dir
 	ec.LogLevel = "error"
@@ -57,29 +192,59 @@ func StartEtcd(cfg EtcdConfig) (*embed.Etcd, *clientv3.Client, error) {
 		}
 		clientURL = fmt.Sprintf("http://127.0.0.1:%d", p)
 	}
-	peer, err := freePort()
-	if err != nil {
-		return nil, nil, err
+	peerURL := ownPeer
+	if members == nil {
+		p, err := freePort()
+		if err != nil {
+			return nil, nil, err
+		}
+		peerURL = fmt.Sprintf("http://127.0.0.1:%d", p)
 	}
 	cu, err := url.Parse(clientURL)
 	if err != nil {
 		return nil, nil, fmt.Errorf("etcd client url %q: %w", clientURL, err)
 	}
-	pu, _ := url.Parse(fmt.Sprintf("http://127.0.0.1:%d", peer))
+	pu, _ := url.Parse(peerURL)
 	ec.ListenClientUrls, ec.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
 	ec.ListenPeerUrls, ec.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
-	ec.InitialCluster = ec.Name + "=" + pu.String()
+	ready := 30 * time.Second
+	if members == nil {
+		ec.InitialCluster = ec.Name + "=" + pu.String()
+	} else {
+		ec.Name = cfg.Name
+		var entries []string
+		for _, m := range members {
+			entries = append(entries, m.Name+"="+m.PeerURL)
+		}
+		ec.InitialCluster = strings.Join(entries, ",")
+		ec.InitialClusterToken = "berth"
+		ec.ClusterState = clusterState(cfg.Dir)
+		// A member is ready only once a quorum is up: give the other
+		// servers time to start.
+		ready = 2 * time.Minute
+	}
 	e, err := embed.StartEtcd(ec)
 	if err != nil {
 		return nil, nil, fmt.Errorf("start embedded etcd in %s: %w", cfg.Dir, err)
 	}
 	select {
 	case <-e.Server.ReadyNotify():
-	case <-time.After(30 * time.Second):
+	case <-time.After(ready):
 		e.Close()
-		return nil, nil, fmt.Errorf("embedded etcd in %s not ready after 30s", cfg.Dir)
+		if members != nil {
+			return nil, nil, fmt.Errorf("embedded etcd member %s in %s not ready after %s: is a quorum of %s up?", cfg.Name, cfg.Dir, ready, cfg.InitialCluster)
+		}
+		return nil, nil, fmt.Errorf("embedded etcd in %s not ready after %s", cfg.Dir, ready)
 	}
 	ccfg := clientv3.Config{Endpoints: []string{clientURL}, DialTimeout: 5 * time.Second, MaxCallSendMsgSize: 64 << 20, MaxCallRecvMsgSize: 1 << 30}
+	if members != nil {
+		ccfg.Endpoints = memberEndpoints(clientURL, e.Server.Cluster().Members())
+		// Its own member first, another only while that cannot be reached
+		// (pick_first, not clientv3's round robin): requests stay in the
+		// process, and a peer's death fails none of them.
+		ccfg.DialOptions = []grpc.DialOption{grpc.WithDisableServiceConfig(),
+			grpc.WithDefaultServiceConfig(`{"loadBalancingConfig": [{"pick_first": {}}]}`)}
+	}
 	if cfg.Quiet {
 		ccfg.Logger = zap.NewNop()
 	}
@@ -88,7 +253,46 @@ func StartEtcd(cfg EtcdConfig) (*embed.Etcd, *clientv3.Client, error) {
 		e.Close()
 		return nil, nil, fmt.Errorf("connect to embedded etcd: %w", err)
 	}
+	if members != nil {
+		go followMembers(e, c, clientURL)
+	}
 	return e, c, nil
+}
+
+// followMembers adds to the client's endpoints the members that publish
+// their client URLs after this one started (at first start, a member is
+// ready once a quorum is, before the rest of the cluster), until the
+// client or the member stops.
+func followMembers(e *embed.Etcd, c *clientv3.Client, own string) {
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.Ctx().Done():
+			return
+		case <-e.Server.StopNotify():
+			return
+		case <-t.C:
+		}
+		if eps := memberEndpoints(own, e.Server.Cluster().Members()); !slices.Equal(eps, c.Endpoints()) {
+			c.SetEndpoints(eps...)
+		}
+	}
+}
+
+// memberEndpoints lists own first, then the other members' client URLs.
+func memberEndpoints(own string, ms []*membership.Member) []string {
+	eps := []string{own}
+	seen := map[string]bool{own: true}
+	for _, m := range ms {
+		for _, u := range m.ClientURLs {
+			if !seen[u] {
+				seen[u] = true
+				eps = append(eps, u)
+			}
+		}
+	}
+	return eps
 }
 
 func freePort() (int, error) {

@@ -205,7 +205,8 @@ func TestRollingUpdateStopsOnUnhealthyAndRollsBack(t *testing.T) {
 	})
 	v2 := getSvc().Spec.Template.Hash()
 
-	// A bad one stops after the first batch, keeping the old instances.
+	// A bad one stops after the first batch, keeping every old instance
+	// (none retires before a new one is ready).
 	eventually(t, "bad update", func() error {
 		cur := getSvc()
 		cur.Spec.Template.Image = "bad"
@@ -216,14 +217,17 @@ func TestRollingUpdateStopsOnUnhealthyAndRollsBack(t *testing.T) {
 		if st.Rollout != api.RolloutFailed || !strings.Contains(st.Message, "health check failing") {
 			return fmt.Errorf("status %+v", st)
 		}
-		old := 0
+		old, bad := 0, 0
 		for _, in := range instancesOf(t, c.admin, "t1", "web") {
-			if in.Spec.TemplateHash == v2 {
+			switch {
+			case in.Spec.TemplateHash == v2 && in.Spec.StopAt.IsZero():
 				old++
+			case in.Spec.Template.Image == "bad":
+				bad++
 			}
 		}
-		if old != 2 {
-			return fmt.Errorf("%d old instances kept, want 2 (parallelism 2 of 4)", old)
+		if old != 4 || bad != 2 {
+			return fmt.Errorf("%d old instances kept, %d new; want 4 and 2 (parallelism 2)", old, bad)
 		}
 		return nil
 	})

@@ -432,7 +432,7 @@ func (ms *metrics) handleNode(w http.ResponseWriter, r *http.Request) {
 // GET /v1/tenants/T/instances/N/stats proxies, made by the server itself.
 func (s *Server) instanceStats(ctx context.Context, agentURL string, in *api.Instance) (api.Stats, error) {
 	var st api.Stats
-	target, tr, err := s.agentTransport(agentURL)
+	target, tr, err := s.agentTransport(in.Spec.Node, agentURL)
 	if err != nil {
 		return st, err
 	}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/api"
+	"github.com/berth-dev/berth/pki"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -26,6 +27,12 @@ type Config struct {
 	Rand  io.Reader
 	// NodeTTL is the liveness lease of a node (3 s unless set).
 	NodeTTL time.Duration
+	// CA is the cluster's certificate authority: with it the server joins
+	// agents (issuing their certificates), serves TLS and dials agents
+	// over mTLS. Nil for a server with only local agents (berth up).
+	CA *pki.CA
+	// NodeCertTTL is the life of a node certificate (24 h unless set).
+	NodeCertTTL time.Duration
 }
 
 // Server serves the /v1 API.
@@ -43,6 +50,8 @@ type Server struct {
 	leases map[string]clientv3.LeaseID
 	// agents holds one transport per node agent URL; guarded by mu.
 	agents map[string]*http.Transport
+	// self makes the server's own certificates from cfg.CA.
+	self *selfCerts
 }
 
 // NewServer returns the API handler.
@@ -50,10 +59,14 @@ func NewServer(cfg Config) *Server {
 	if cfg.NodeTTL == 0 {
 		cfg.NodeTTL = 3 * time.Second
 	}
+	if cfg.NodeCertTTL == 0 {
+		cfg.NodeCertTTL = defaultNodeCertTTL
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{cfg: cfg, st: cfg.Store, leases: map[string]clientv3.LeaseID{}, cancel: cancel,
 		keep: newKeeper(ctx, cfg.Store.Client(), cfg.Now),
-		auth: &authenticator{store: cfg.Store, now: cfg.Now, cache: map[string]cachedPrincipal{}}}
+		auth: &authenticator{store: cfg.Store, now: cfg.Now, cache: map[string]cachedPrincipal{}},
+		self: &selfCerts{ca: cfg.CA, now: cfg.Now, rnd: cfg.Rand}}
 	m := http.NewServeMux()
 	m.HandleFunc("GET /v1/{kind}", s.handleList)
 	m.HandleFunc("POST /v1/{kind}", s.handleCreate)
@@ -67,12 +80,18 @@ func NewServer(cfg Config) *Server {
 	m.HandleFunc("DELETE /v1/tenants/{tenant}/{kind}/{name}", s.handleDelete)
 	m.HandleFunc("PUT /v1/tenants/{tenant}/instances/{name}/status", s.handleStatus)
 	m.HandleFunc("POST /v1/tenants/{tenant}/instances/{name}/move", s.handleMove)
+	m.HandleFunc("GET /v1/tenants/{tenant}/services/{name}/endpoints", s.handleEndpoints)
 	m.HandleFunc("POST /v1/nodes/{name}/register", s.handleRegister)
 	m.HandleFunc("POST /v1/nodes/{name}/heartbeat", s.handleHeartbeat)
 	m.HandleFunc("POST /v1/nodes/{name}/drain", s.handleDrain)
 	m.HandleFunc("GET /v1/nodes/{name}/instances", s.handleNodeInstances)
 	m.HandleFunc("POST /v1/addressblocks/{name}/claim", s.handleClaim)
 	m.HandleFunc("POST /v1/addressblocks/{name}/release", s.handleClaim)
+	m.HandleFunc("GET /v1/ca", s.handleCA)
+	m.HandleFunc("POST /v1/jointokens", s.handleJoinToken)
+	m.HandleFunc("POST /v1/join", s.handleJoin)
+	m.HandleFunc("POST /v1/nodes/{name}/certificate", s.handleRenew)
+	m.HandleFunc("GET /v1/nodes/{name}/fabric", s.handleFabric)
 	s.routeMetrics(m)
 	s.containerRoutes(m)
 	s.mux = m
@@ -402,12 +421,16 @@ func (s *Server) handleUpdate(w http.ResponseWriter, r *http.Request) {
 			gen = max(gen, pv.Status.Restarts) + 1
 		}
 		v.Spec.Node, v.Spec.RestartGeneration, v.Spec.Service = pv.Spec.Node, gen, pv.Spec.Service
+		// Retiring is the service controller's verdict: an update cannot
+		// take an instance back.
+		v.Spec.StopAt = pv.Spec.StopAt
 		v.Spec.TemplateHash = v.Spec.Template.Hash()
 	case *api.Node:
 		v.Status = prev.(*api.Node).Status
 	case *api.Token:
 		pt := prev.(*api.Token)
 		v.SecretHash, v.Secret, v.Role, v.Node = pt.SecretHash, "", pt.Role, pt.Node
+		v.Expires, v.Certificate, v.PreviousCertificate = pt.Expires, pt.Certificate, pt.PreviousCertificate
 	case *api.AddressBlock:
 		v.Node = prev.(*api.AddressBlock).Node
 	}

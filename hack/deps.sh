@@ -12,6 +12,7 @@ packages=(
   hyperfine time file procps psmisc kmod
   chromium fonts-dejavu-core                # the console's browser test (headless)
   util-linux                                # nsenter: berth up's end-to-end test runs it in namespaces
+  openssh-server openssh-client sudo systemd  # berth node provision: the test host (sshd, sudo), ssh/scp, systemd-analyze
 )
 
 missing=()

@@ -1,14 +1,19 @@
 package main
 
 import (
+	"cmp"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"text/template"
+	"time"
 
 	"github.com/berth-dev/berth/api"
 	"github.com/spf13/cobra"
@@ -16,7 +21,7 @@ import (
 
 // apiFlags are the connection flags of every verb that talks to a server.
 type apiFlags struct {
-	server, token, tenant string
+	server, token, tenant, cacert string
 }
 
 func (a *apiFlags) add(cmd *cobra.Command) {
@@ -24,6 +29,7 @@ func (a *apiFlags) add(cmd *cobra.Command) {
 	f.StringVar(&a.server, "server", envOr("BERTH_SERVER", "http://127.0.0.1:7070"), "API server URL ($BERTH_SERVER)")
 	f.StringVar(&a.token, "token", os.Getenv("BERTH_TOKEN"), "bearer token ($BERTH_TOKEN)")
 	f.StringVar(&a.tenant, "tenant", envOr("BERTH_TENANT", api.DefaultTenant), "tenant ($BERTH_TENANT)")
+	f.StringVar(&a.cacert, "cacert", os.Getenv("BERTH_CACERT"), "CA certificate (PEM) to trust for an https server: the cluster CA ($BERTH_CACERT)")
 }
 
 // defaultRoot is where `berth up` keeps its data (and admin token) by default.
@@ -39,7 +45,18 @@ func (a *apiFlags) client() *api.Client {
 			tok = strings.TrimSpace(string(b))
 		}
 	}
-	return api.NewClient(a.server, tok, nil)
+	var hc *http.Client
+	if a.cacert != "" {
+		// An unreadable CA leaves the default roots: the request then
+		// fails with the server's certificate named as unknown.
+		if b, err := os.ReadFile(a.cacert); err == nil {
+			pool := x509.NewCertPool()
+			pool.AppendCertsFromPEM(b)
+			hc = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
+				ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 64}}
+		}
+	}
+	return api.NewClient(a.server, tok, hc)
 }
 
 func envOr(k, def string) string {
@@ -206,10 +223,62 @@ func newServiceCmd() *cobra.Command {
 			return af.client().Delete(cmd.Context(), api.KindService, af.tenant, args[0], 0)
 		},
 	}
+	var watchEndpoints bool
+	endpoints := &cobra.Command{
+		Use: "endpoints NAME", Short: "List where a service's traffic may go: its running, healthy, not retiring instances", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c := af.client()
+			l, err := c.Endpoints(cmd.Context(), af.tenant, args[0])
+			if err != nil {
+				return err
+			}
+			if err := printEndpoints(l, format); err != nil || !watchEndpoints {
+				return err
+			}
+			w := c.WatchEndpoints(cmd.Context(), af.tenant, args[0], l.Revision)
+			defer w.Close()
+			for {
+				ev, err := w.Next()
+				if err != nil {
+					return err
+				}
+				l = api.List[api.Endpoint]{}
+				if err := api.DecodeBytes(ev.Object, &l); err != nil {
+					return fmt.Errorf("endpoints of %s: %w", args[0], err)
+				}
+				if format != "json" {
+					fmt.Println()
+				}
+				if err := printEndpoints(l, format); err != nil {
+					return err
+				}
+			}
+		},
+	}
 	list.Flags().StringVar(&format, "format", "", "table (default) or json")
 	ps.Flags().StringVar(&format, "format", "", "table (default) or json")
-	cmd.AddCommand(create, list, inspect, ps, scale, update, rollback, rm)
+	endpoints.Flags().StringVar(&format, "format", "", "table (default) or json (one line per set with --watch)")
+	endpoints.Flags().BoolVarP(&watchEndpoints, "watch", "w", false, "print the set again each time it changes")
+	cmd.AddCommand(create, list, inspect, ps, scale, update, rollback, rm, endpoints)
 	return cmd
+}
+
+// printEndpoints writes a service's endpoints as a table or as JSON (one
+// line, so that a watch prints one set per line).
+func printEndpoints(l api.List[api.Endpoint], format string) error {
+	if format == "json" {
+		return printJSONLine(l)
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "INSTANCE\tNODE\tIP\tPORTS")
+	for _, e := range l.Items {
+		var ports []string
+		for _, p := range e.Ports {
+			ports = append(ports, fmt.Sprintf("%d/%s", p.Port, cmp.Or(p.Protocol, "tcp")))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", e.Instance, e.Node, e.IP, strings.Join(ports, ","))
+	}
+	return tw.Flush()
 }
 
 func parseConstraint(s string) api.Constraint {
@@ -294,8 +363,57 @@ func newNodeCmd() *cobra.Command {
 			return err
 		},
 	}
+	var ttl time.Duration
+	joinToken := &cobra.Command{
+		Use: "join-token", Short: "Mint a short-lived token that joins one or more agents (berth agent --join URL --token TOKEN)", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			t, err := af.client().JoinToken(cmd.Context(), ttl)
+			if err != nil {
+				return err
+			}
+			fmt.Println(t.Token)
+			return nil
+		},
+	}
+	joinToken.Flags().DurationVar(&ttl, "ttl", time.Hour, "how long the token joins agents")
+	rm := &cobra.Command{
+		Use: "rm NAME...", Short: "Remove nodes: their credentials stop working at once and their instances are rescheduled", Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			for _, name := range args {
+				if err := af.client().Delete(cmd.Context(), api.KindNode, "", name, 0); err != nil {
+					return fmt.Errorf("node %s: %w", name, err)
+				}
+			}
+			return nil
+		},
+	}
 	list.Flags().StringVar(&format, "format", "", "table (default) or json")
-	cmd.AddCommand(list, inspect, drain, move)
+	cmd.AddCommand(list, inspect, drain, move, rm, joinToken, newNodeProvisionCmd(&af))
+	return cmd
+}
+
+// newMoveCmd is `berth move INSTANCE --to NODE`: the instance keeps its
+// name and labels; the node it leaves keeps serving it until it serves on
+// the new one.
+func newMoveCmd() *cobra.Command {
+	var af apiFlags
+	var to string
+	cmd := &cobra.Command{
+		Use: "move INSTANCE --to NODE", Short: "Move a container (an instance) to another node, keeping its name and labels", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if to == "" {
+				return fmt.Errorf("--to: the node to move %s to is required", args[0])
+			}
+			in, err := af.client().Move(cmd.Context(), af.tenant, args[0], to)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("%s moving to %s\n", in.Name, to)
+			return nil
+		},
+	}
+	af.add(cmd)
+	cmd.Flags().StringVar(&to, "to", "", "node to move to")
 	return cmd
 }
 

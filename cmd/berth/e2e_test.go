@@ -1,7 +1,6 @@
 package main
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -14,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	goruntime "runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -30,26 +28,6 @@ import (
 	"github.com/berth-dev/berth/internal/uptest"
 	"github.com/berth-dev/berth/network/netnstest"
 )
-
-// webServer is the static Go web server the test builds into an image: it
-// answers every request with the container's host name.
-const webServer = `package main
-
-import (
-	"fmt"
-	"net/http"
-	"os"
-)
-
-func main() {
-	h, _ := os.Hostname()
-	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, h) })
-	if err := http.ListenAndServe(":8080", nil); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-}
-`
 
 // e2e is one `berth up` run the way a user runs it, except that it lives in
 // a network namespace and a mount namespace of the test's own ("the
@@ -81,7 +59,7 @@ func newE2E(t *testing.T) *e2e {
 	if err := busybox.Available(); err != nil {
 		t.Skip(err)
 	}
-	goBin, err := goTool()
+	goBin, err := uptest.GoTool()
 	if err != nil {
 		t.Skip(err)
 	}
@@ -96,7 +74,7 @@ func newE2E(t *testing.T) *e2e {
 	}
 	e.hostBerth("image", "--root", e.data, "import", bb, "busybox:latest", "-c", "ENV PATH=/bin")
 	web := filepath.Join(dir, "web.tar")
-	if err := os.WriteFile(web, webImageTar(t, goBin, dir), 0o600); err != nil {
+	if err := os.WriteFile(web, uptest.GoImageTar(t, goBin, dir, "web", uptest.WebServer), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	e.hostBerth("image", "--root", e.data, "import", web, "web:latest", "-c", `CMD ["/web"]`)
@@ -144,50 +122,6 @@ func newE2E(t *testing.T) *e2e {
 	e.probe = &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true}}
 	e.start()
 	return e
-}
-
-// goTool finds the go command that builds the web server.
-func goTool() (string, error) {
-	if p, err := exec.LookPath("go"); err == nil {
-		return p, nil
-	}
-	p := filepath.Join(goruntime.GOROOT(), "bin", "go")
-	if _, err := os.Stat(p); err != nil {
-		return "", fmt.Errorf("no go command to build the test's web server: %w", err)
-	}
-	return p, nil
-}
-
-// webImageTar builds the web server statically and packs it as a root
-// filesystem.
-func webImageTar(t *testing.T, goBin, dir string) []byte {
-	t.Helper()
-	src := filepath.Join(dir, "websrc")
-	if err := os.MkdirAll(src, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for name, body := range map[string]string{"main.go": webServer, "go.mod": "module web\n\ngo 1.22\n"} {
-		if err := os.WriteFile(filepath.Join(src, name), []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	exe := filepath.Join(dir, "web")
-	cmd := exec.Command(goBin, "build", "-trimpath", "-o", exe, ".")
-	cmd.Dir = src
-	// Standard library only: nothing to download.
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=", "GOTOOLCHAIN=local", "GOPROXY=off")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build the web server: %v\n%s", err, out)
-	}
-	body, err := os.ReadFile(exe)
-	if err != nil {
-		t.Fatal(err)
-	}
-	files := []imagetest.File{{Name: "web", Body: string(body), Mode: 0o755}}
-	for _, d := range []string{"dev", "etc", "proc", "sys", "tmp"} {
-		files = append(files, imagetest.File{Name: d + "/", Type: tar.TypeDir})
-	}
-	return imagetest.Tar(t, files...).Bytes()
 }
 
 // hostBerth runs berth in the machine's namespaces (image commands touch no

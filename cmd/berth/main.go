@@ -33,11 +33,12 @@ func newRootCmd() *cobra.Command {
 		handover("runtime [runc arguments]", "The OCI runtime (runc's command line), served by berth-runtime", "berth-runtime"),
 		handover("up", "Run Berth on this machine: embedded etcd, the control plane and the node agent in one process", "berthd"),
 		handover("server", "Run the control plane: the API, and (when elected leader) the scheduler and controllers", "berthd"),
+		handover("agent", "Run this host's node agent, joined to a control plane over mutual TLS", "berthd"),
 		handover("image", "Pull, push, build archives of and manage this machine's images", "berthd"),
 		handover("system", "Disk usage and clean-up of this machine's Berth data", "berthd"),
 		handover("login", "Check registry credentials and store them in ~/.docker/config.json", "berthd"),
 		newServiceCmd(),
-		newNodeCmd(),
+		newNodeCmd(), newMoveCmd(),
 		newTokenCmd(),
 	)
 	// The Docker-like verbs share one set of connection flags.

@@ -83,10 +83,14 @@ func TestUpRunsContainersThatOutliveIt(t *testing.T) {
 		return nil
 	}
 	wait(t, "instance running", func() error { return runningOnce(admin) })
-	pid := pidOf(mark)
-	if pid == 0 {
-		t.Fatal("the workload is not among the host's processes")
-	}
+	// Running means init runs; its workload may be a fork away.
+	var pid int
+	wait(t, "the workload among the host's processes", func() error {
+		if pid = pidOf(mark); pid == 0 {
+			return fmt.Errorf("no process with %s in its command line", mark)
+		}
+		return nil
+	})
 
 	p.Stop(t)
 	if err := syscall.Kill(pid, 0); err != nil {

@@ -25,6 +25,6 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newUpCmd(), newServerCmd(), newImageCmd(), newSystemCmd(), newLoginCmd())
+	root.AddCommand(newUpCmd(), newServerCmd(), newAgentCmd(), newImageCmd(), newSystemCmd(), newLoginCmd())
 	return root
 }

@@ -9,13 +9,16 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/berth-dev/berth/api"
 	"github.com/berth-dev/berth/console"
 	"github.com/berth-dev/berth/control"
 	"github.com/spf13/cobra"
@@ -30,6 +33,12 @@ func newServerCmd() *cobra.Command {
 		nodeTTL                                                                               time.Duration
 		batch                                                                                 int
 	)
+	var (
+		tlsListen       string
+		tlsNames, pools []string
+		certTTL         time.Duration
+	)
+	var member etcdFlags
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run the control plane: the API, and (when elected leader) the scheduler and controllers",
@@ -37,12 +46,17 @@ func newServerCmd() *cobra.Command {
 			log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			member.listen = etcdListen
+			etcdCfg, err := member.config(filepath.Join(dataDir, "etcd"), endpoints != "")
+			if err != nil {
+				return err
+			}
 			if err := os.MkdirAll(dataDir, 0o700); err != nil {
 				return fmt.Errorf("data dir: %w", err)
 			}
 			var cli *clientv3.Client
 			if endpoints == "" {
-				e, c, err := control.StartEtcd(control.EtcdConfig{Dir: filepath.Join(dataDir, "etcd"), ClientURL: etcdListen, Quiet: true})
+				e, c, err := control.StartEtcd(etcdCfg)
 				if err != nil {
 					return err
 				}
@@ -77,24 +91,32 @@ func newServerCmd() *cobra.Command {
 			if err := control.Bootstrap(ctx, st, secret, time.Now().UTC()); err != nil {
 				return err
 			}
+			ca, err := control.LoadCA(ctx, st, rand.Reader, time.Now())
+			if err != nil {
+				return err
+			}
+			unet, err := parseUpNetwork("berth", pools)
+			if err != nil {
+				return err
+			}
 			host, _ := os.Hostname()
 			go func() {
 				_ = control.RunLeader(ctx, control.LoopConfig{Store: st, Log: log, Now: time.Now, Rand: rand.Reader,
 					Batch: batch, Candidates: 64, Identity: fmt.Sprintf("%s-%d", host, os.Getpid())})
 			}()
-			handler := control.NewServer(control.Config{Store: st, Log: log, Now: time.Now, Rand: rand.Reader, NodeTTL: nodeTTL})
+			handler := control.NewServer(control.Config{Store: st, Log: log, Now: time.Now, Rand: rand.Reader, NodeTTL: nodeTTL,
+				CA: ca, NodeCertTTL: certTTL})
 			defer handler.Close()
-			ln, err := net.Listen("tcp", listen)
-			if err != nil {
-				return fmt.Errorf("listen on %s: %w", listen, err)
-			}
-			log.Info("serving the API", "addr", ln.Addr().String(), "admin-token-file", filepath.Join(dataDir, "admin-token"))
-			return serveAPI(ctx, handler, ln)
+			return serveServer(ctx, log, handler, serverListen{plain: listen, tls: tlsListen, names: tlsNames, dataDir: dataDir, secret: secret, net: unet})
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&dataDir, "data-dir", "/var/lib/berth/server", "state directory (embedded etcd, admin token)")
-	f.StringVar(&listen, "listen", "127.0.0.1:7070", "API address")
+	f.StringVar(&listen, "listen", "127.0.0.1:7070", "API address (plain HTTP: keep it on loopback)")
+	f.StringVar(&tlsListen, "tls-listen", "", "API address over TLS with the cluster CA's certificate, for agents (mutual TLS) and remote clients, e.g. 0.0.0.0:7443")
+	f.StringSliceVar(&tlsNames, "tls-name", nil, "extra host name or address the TLS certificate is valid for (the listen address and host name are included)")
+	f.StringSliceVar(&pools, "pool", []string{defaultUpPool}, "private CIDR the agents' container addresses come from, in per-node blocks")
+	f.DurationVar(&certTTL, "node-cert-ttl", 24*time.Hour, "life of a node certificate; agents renew two thirds in")
 	f.StringVar(&endpoints, "etcd-endpoints", "", "external etcd endpoints, comma-separated (default: embedded etcd)")
 	f.StringVar(&caFile, "etcd-cacert", "", "CA bundle for an external etcd")
 	f.StringVar(&certFile, "etcd-cert", "", "client certificate for an external etcd")
@@ -103,8 +125,101 @@ func newServerCmd() *cobra.Command {
 	f.StringVar(&adminToken, "admin-token", "", "admin bearer token (system.NAME.SECRET); default: generated into DATA-DIR/admin-token")
 	f.DurationVar(&nodeTTL, "node-ttl", 3*time.Second, "node liveness lease")
 	f.StringVar(&etcdListen, "etcd-listen", "http://127.0.0.1:2379", "client URL of the embedded etcd")
+	f.StringVar(&member.name, "etcd-name", "", "this server's member name in --etcd-initial-cluster")
+	f.StringVar(&member.peerListen, "etcd-peer-listen", "", "peer URL of the embedded etcd member (default: its entry in --etcd-initial-cluster)")
+	f.StringVar(&member.initialCluster, "etcd-initial-cluster", "", "make the embedded etcd one member of a static cluster: name=PEER-URL,... of every member")
 	f.IntVar(&batch, "batch", 1000, "instances written per etcd transaction (25 with --etcd-endpoints unless set)")
 	return cmd
+}
+
+type serverListen struct {
+	plain, tls, dataDir, secret string
+	names                       []string
+	net                         upNetwork
+}
+
+// serveServer serves the API on the plain and TLS listeners until ctx ends,
+// and makes the pool's address blocks once it answers.
+func serveServer(ctx context.Context, log *slog.Logger, h *control.Server, l serverListen) error {
+	ln, err := net.Listen("tcp", l.plain)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", l.plain, err)
+	}
+	errs := make(chan error, 2)
+	go func() { errs <- serveAPI(ctx, h, ln) }()
+	log.Info("serving the API", "addr", ln.Addr().String(), "admin-token-file", filepath.Join(l.dataDir, "admin-token"))
+	n := 1
+	if l.tls != "" {
+		tln, err := net.Listen("tcp", l.tls)
+		if err != nil {
+			return fmt.Errorf("listen on %s: %w", l.tls, err)
+		}
+		ips, dns := tlsNames(tln.Addr(), l.names)
+		tc := h.TLSConfig(ips, dns)
+		go func() { errs <- serveAPI(ctx, h, tls.NewListener(tln, tc)) }()
+		n++
+		log.Info("serving the API over TLS", "addr", tln.Addr().String(), "names", append(dns, fmt.Sprint(ips)))
+	}
+	admin := api.NewClient("http://"+ln.Addr().String(), l.secret, nil)
+	// With several servers, etcd may be electing a leader while this one
+	// starts: the pool's blocks are made again until they are there.
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+		err := ensureBlocks(ctx, admin, l.net.plan)
+		if err == nil || ctx.Err() != nil {
+			break
+		}
+		log.Warn("make the pool's address blocks; retrying", "err", err, "in", wait)
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
+	}
+	var first error
+	for range n {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// tlsNames are what the TLS certificate is valid for: the listen address
+// (every local address when it is unspecified), the host name, loopback
+// and the extra names given.
+func tlsNames(addr net.Addr, extra []string) ([]netip.Addr, []string) {
+	var ips []netip.Addr
+	dns := []string{"localhost"}
+	if h, err := os.Hostname(); err == nil && h != "" {
+		dns = append(dns, h)
+	}
+	add := func(a netip.Addr) {
+		if a.IsValid() && !slices.Contains(ips, a.Unmap()) {
+			ips = append(ips, a.Unmap())
+		}
+	}
+	if ta, ok := addr.(*net.TCPAddr); ok {
+		a := ta.AddrPort().Addr().Unmap()
+		if a.IsUnspecified() {
+			if ifs, err := net.InterfaceAddrs(); err == nil {
+				for _, ia := range ifs {
+					if p, err := netip.ParsePrefix(ia.String()); err == nil {
+						add(p.Addr())
+					}
+				}
+			}
+		} else {
+			add(a)
+		}
+	}
+	add(netip.AddrFrom4([4]byte{127, 0, 0, 1}))
+	for _, n := range extra {
+		if a, err := netip.ParseAddr(n); err == nil {
+			add(a)
+		} else if n != "" {
+			dns = append(dns, n)
+		}
+	}
+	return ips, dns
 }
 
 // serveAPI serves handler on ln until ctx ends, then shuts down gracefully.
@@ -119,6 +234,7 @@ func serveAPI(ctx context.Context, handler http.Handler, ln net.Listener) error 
 	// reports can share one connection.
 	srv.Protocols = &http.Protocols{}
 	srv.Protocols.SetHTTP1(true)
+	srv.Protocols.SetHTTP2(true)
 	srv.Protocols.SetUnencryptedHTTP2(true)
 	stopped := make(chan struct{})
 	go func() {

@@ -7,6 +7,7 @@ import (
 	"github.com/berth-dev/berth/internal/sibling"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -71,14 +72,6 @@ func up(ctx context.Context, log *slog.Logger, cfg upConfig, ready func(addr, to
 	if err := os.MkdirAll(cfg.dataDir, 0o711); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
-	rtPath, err := sibling.Find("berth-runtime")
-	if err != nil {
-		return err
-	}
-	initPath, err := sibling.Find("berth-init")
-	if err != nil {
-		return err
-	}
 	e, cli, err := control.StartEtcd(control.EtcdConfig{Dir: filepath.Join(cfg.dataDir, "etcd"), ClientURL: cfg.etcdListen, Quiet: true})
 	if err != nil {
 		return err
@@ -119,71 +112,126 @@ func up(ctx context.Context, log *slog.Logger, cfg upConfig, ready func(addr, to
 		serveErr <- serveAPI(ctx, handler, ln)
 	}()
 
-	images, err := image.Open(filepath.Join(cfg.dataDir, "image"), log)
-	if err != nil {
-		return err
-	}
-	rt, err := runtime.NewNative(filepath.Join(cfg.dataDir, "runtime"), log)
-	if err != nil {
-		return err
-	}
-	rt.InitPath = rtPath
 	admin := api.NewClient("http://"+addr, secret, nil)
 	nodeClient, err := nodeToken(ctx, admin, cfg.node)
 	if err != nil {
 		return err
 	}
+	nodeErr := make(chan error, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		nodeErr <- runNodeHost(ctx, log, nodeHost{
+			dataDir: cfg.dataDir, node: cfg.node, client: nodeClient,
+			openNet: func(ctx context.Context) (agent.Networker, string, func() error, error) {
+				if !cfg.net.enabled() {
+					return nil, "none", func() error { return nil }, nil
+				}
+				un, err := openUpNetwork(ctx, log, cfg.dataDir, cfg.node, cfg.net, admin, nodeClient)
+				if err != nil {
+					return nil, "", nil, err
+				}
+				return un, cfg.net.name, un.Close, nil
+			},
+			serveOps: func(ctx context.Context, h http.Handler) (string, <-chan error, error) {
+				return serveNodeAPI(ctx, filepath.Join(cfg.dataDir, "agent.sock"), h)
+			},
+			ready: func() { ready(addr, filepath.Join(cfg.dataDir, "admin-token")) },
+		})
+	}()
+	select {
+	case err = <-serveErr:
+	case err = <-nodeErr:
+	case <-ctx.Done():
+		log.Info("stopping the control plane; containers keep running")
+	}
+	// Everything stops before the API and etcd close.
+	cancel()
+	wg.Wait()
+	return err
+}
+
+// nodeHost is what makes this machine a node: `berth up` and `berth
+// agent` differ only in how they reach the control plane, attach the
+// network and serve container operations.
+type nodeHost struct {
+	dataDir, node string
+	// client acts as the node.
+	client *api.Client
+	// openNet opens the node's network (nil Networker: loopback only) and
+	// says its name; close keeps containers attached.
+	openNet func(ctx context.Context) (nw agent.Networker, name string, close func() error, err error)
+	// serveOps serves the agent's container operations until ctx ends and
+	// returns the URL the control plane reaches them at.
+	serveOps func(ctx context.Context, h http.Handler) (agentURL string, errs <-chan error, err error)
+	// reg is the registration beyond the agent URL.
+	reg api.Registration
+	// ready is told once the node is about to register.
+	ready func()
+}
+
+// runNodeHost runs the agent and the node loop until ctx ends or either
+// fails. Containers keep running after it returns.
+func runNodeHost(ctx context.Context, log *slog.Logger, h nodeHost) error {
+	rtPath, err := sibling.Find("berth-runtime")
+	if err != nil {
+		return err
+	}
+	initPath, err := sibling.Find("berth-init")
+	if err != nil {
+		return err
+	}
+	images, err := image.Open(filepath.Join(h.dataDir, "image"), log)
+	if err != nil {
+		return err
+	}
+	rt, err := runtime.NewNative(filepath.Join(h.dataDir, "runtime"), log)
+	if err != nil {
+		return err
+	}
+	rt.InitPath = rtPath
 	// The network opens before the agent, whose start sweeps what dead
 	// containers left in it; it closes after, keeping containers attached.
-	var nw agent.Networker
-	netName := "none"
-	if cfg.net.enabled() {
-		un, err := openUpNetwork(ctx, log, cfg.dataDir, cfg.node, cfg.net, admin, nodeClient)
-		if err != nil {
-			return err
-		}
-		defer un.Close()
-		nw, netName = un, cfg.net.name
+	nw, netName, closeNet, err := h.openNet(ctx)
+	if err != nil {
+		return err
 	}
-	a, err := agent.New(ctx, agent.Config{Root: filepath.Join(cfg.dataDir, "agent"), Images: images, Runtime: rt, InitPath: initPath, Networker: nw, Log: log})
+	defer closeNet()
+	a, err := agent.New(ctx, agent.Config{Root: filepath.Join(h.dataDir, "agent"), Images: images, Runtime: rt, InitPath: initPath, Networker: nw, Log: log})
 	if err != nil {
 		return err
 	}
 	// Closing the agent stops its watches only: containers keep running.
 	defer a.Close()
-
-	agentURL, opsErr, err := serveNodeAPI(ctx, filepath.Join(cfg.dataDir, "agent.sock"), agent.NewNodeAPI(a, log))
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	agentURL, opsErr, err := h.serveOps(ctx, agent.NewNodeAPI(a, log))
 	if err != nil {
 		return err
 	}
-	n, err := agent.NewNode(agent.NodeConfig{Name: cfg.node, Client: nodeClient, Agent: a, Network: netName, Log: log,
-		Reg: api.Registration{Spec: api.NodeSpec{AgentURL: agentURL}}})
+	reg := h.reg
+	reg.Spec.AgentURL = agentURL
+	n, err := agent.NewNode(agent.NodeConfig{Name: h.node, Client: h.client, Agent: a, Network: netName, Log: log, Reg: reg})
 	if err != nil {
 		return err
 	}
-	ready(addr, filepath.Join(cfg.dataDir, "admin-token"))
+	if h.ready != nil {
+		h.ready()
+	}
 	nodeErr := make(chan error, 1)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		nodeErr <- n.Run(ctx)
-	}()
+	go func() { nodeErr <- n.Run(ctx) }()
 	select {
-	case err = <-serveErr:
 	case err = <-opsErr:
 		if err != nil {
 			err = fmt.Errorf("agent operations API: %w", err)
 		}
+		cancel()
+		<-nodeErr
 	case err = <-nodeErr:
 		if err != nil {
-			err = fmt.Errorf("node %s: %w", cfg.node, err)
+			err = fmt.Errorf("node %s: %w", h.node, err)
 		}
-	case <-ctx.Done():
-		log.Info("stopping the control plane; containers keep running")
 	}
-	// Everything stops before the agent, API and etcd close.
-	cancel()
-	wg.Wait()
 	return err
 }
 

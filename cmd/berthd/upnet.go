@@ -466,10 +466,12 @@ func ensureBlocks(ctx context.Context, admin *api.Client, plan ipam.Config) erro
 type upNetworker struct {
 	*agent.Network
 	store *blockStore
-	kick  chan struct{}
-	done  chan struct{}
-	loop  sync.WaitGroup
-	log   *slog.Logger
+	// routes turns the node's own block routes into the whole table.
+	routes func(own map[netip.Prefix]netip.Addr) map[netip.Prefix]netip.Addr
+	kick   chan struct{}
+	done   chan struct{}
+	loop   sync.WaitGroup
+	log    *slog.Logger
 }
 
 // openUpNetwork makes the pool's blocks in the control plane, reconciles
@@ -480,6 +482,14 @@ func openUpNetwork(ctx context.Context, log *slog.Logger, dataDir, node string, 
 	if err := ensureBlocks(ctx, admin, n.plan); err != nil {
 		return nil, err
 	}
+	return openNetwork(ctx, log, dataDir, node, n, admin, nodeClient, nil)
+}
+
+// openNetwork opens the node's network over blocks the control plane
+// already has (admin, if not nil, makes those of pools too large to list);
+// routes, if not nil, adds the other nodes' blocks to the route table.
+func openNetwork(ctx context.Context, log *slog.Logger, dataDir, node string, n upNetwork, admin, nodeClient *api.Client,
+	routes func(own map[netip.Prefix]netip.Addr) map[netip.Prefix]netip.Addr) (*upNetworker, error) {
 	dir := filepath.Join(dataDir, "network")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("network dir: %w", err)
@@ -488,7 +498,7 @@ func openUpNetwork(ctx context.Context, log *slog.Logger, dataDir, node string, 
 	if err != nil {
 		return nil, err
 	}
-	un := &upNetworker{kick: make(chan struct{}, 1), done: make(chan struct{}), log: log}
+	un := &upNetworker{kick: make(chan struct{}, 1), done: make(chan struct{}), log: log, routes: routes}
 	un.store = &blockStore{local: fs, cli: nodeClient, admin: admin, node: node, plan: n.plan,
 		claimed: func() {
 			select {
@@ -517,7 +527,11 @@ func (u *upNetworker) syncRoutes() error {
 	if err != nil {
 		return err
 	}
-	return u.Manager().SyncRoutes(blockRoutes(st, u.store.node))
+	t := blockRoutes(st, u.store.node)
+	if u.routes != nil {
+		t = u.routes(t)
+	}
+	return u.Manager().SyncRoutes(t)
 }
 
 // routeLoop routes each block as it is claimed, until Close.

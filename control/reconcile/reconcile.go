@@ -12,14 +12,47 @@ import (
 
 // ServicePlan is what the service controller should do for one service.
 type ServicePlan struct {
-	Create int      // new instances of the current template
-	Delete []string // instance names
+	Create int // new instances of the current template
+	// Retire are instances (names) to take out of the endpoints now and
+	// delete once their grace period has passed: StopAt maps each to its
+	// deadline.
+	Retire map[string]time.Time
+	// Delete are instances (names) to delete now: retiring ones whose
+	// deadline passed, and surplus ones that were not serving (or have no
+	// grace period).
+	Delete []string
 	Status api.ServiceStatus
 }
 
-// Ready reports whether an instance counts as serving.
+// Retiring reports whether the service controller has taken an instance
+// out of service, to be deleted at its StopAt.
+func Retiring(in *api.Instance) bool { return !in.Spec.StopAt.IsZero() }
+
+// Ready reports whether an instance serves: placed, running, not retiring,
+// and healthy, or, without a health check, not reported unhealthy. A new
+// instance with a health check is not ready before its first check passes.
 func Ready(in *api.Instance) bool {
-	return in.Status.Phase == api.PhaseRunning && in.Status.Health != api.HealthUnhealthy
+	if Retiring(in) || in.Spec.Node == "" || in.Spec.Desired == api.DesiredStopped || in.Status.Phase != api.PhaseRunning {
+		return false
+	}
+	if in.Spec.Template.Health != nil {
+		return in.Status.Health == api.HealthHealthy
+	}
+	return in.Status.Health != api.HealthUnhealthy
+}
+
+// Endpoints are where a service's traffic may go: its ready instances that
+// have an address, by instance name.
+func Endpoints(svc *api.Service, instances []*api.Instance) []api.Endpoint {
+	out := []api.Endpoint{}
+	for _, in := range instances {
+		if in.Tenant != svc.Tenant || in.Spec.Service != svc.Name || !Ready(in) || !in.Status.IP.IsValid() {
+			continue
+		}
+		out = append(out, api.Endpoint{Instance: in.Name, Node: in.Spec.Node, IP: in.Status.IP, Ports: in.Spec.Template.Ports})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Instance < out[j].Instance })
+	return out
 }
 
 // failing reports an instance of a new template that proves it bad.
@@ -29,91 +62,179 @@ func failing(in *api.Instance) bool {
 		in.Status.Phase == api.PhaseExited && in.Status.ExitCode != 0
 }
 
-// Service decides how to bring a service's instances to its spec: exactly
-// Replicas instances; when the template changed, replace old instances
-// Parallelism at a time, waiting for each batch of new ones to be ready, and
-// stop the rollout as soon as a new instance fails.
-func Service(svc *api.Service, instances []*api.Instance) ServicePlan {
+// Service decides how to bring a service's instances to its spec at time
+// now. Retiring instances count toward nothing: replacements are made
+// without waiting for them, and each is deleted once its StopAt passes.
+//
+// Of the rest there should be Replicas. A surplus instance that serves is
+// retired (out of the endpoints now, stopped after its template's grace
+// period); one that does not is deleted at once. When the template changed,
+// new instances are added Parallelism at a time above Replicas, and an old
+// one retires only while the serving instances stay at least Replicas, so a
+// rolling update never shrinks the endpoints below the desired count. The
+// rollout stops as soon as a new instance fails, keeping every old one.
+//
+// Instances on draining nodes count toward nothing either: they are
+// replaced at once, and each retires only while the others serve Replicas
+// without it, so a drain keeps the service's capacity throughout.
+func Service(svc *api.Service, instances []*api.Instance, draining map[string]bool, now time.Time) ServicePlan {
 	hash := svc.Spec.Template.Hash()
-	par := svc.Spec.Parallelism
-	if par <= 0 {
-		par = 1
-	}
-	var cur, old []*api.Instance
+	par := max(svc.Spec.Parallelism, 1)
+	plan := ServicePlan{}
+	var cur, old, evac []*api.Instance
+	retiring := 0
 	for _, in := range instances {
-		if in.Spec.TemplateHash == hash {
+		switch {
+		case Retiring(in):
+			if !now.Before(in.Spec.StopAt) {
+				plan.Delete = append(plan.Delete, in.Name)
+			} else {
+				retiring++
+			}
+		case draining[in.Spec.Node]:
+			evac = append(evac, in)
+		case in.Spec.TemplateHash == hash:
 			cur = append(cur, in)
-		} else {
+		default:
 			old = append(old, in)
 		}
 	}
-	// Delete order: not ready before ready, then by name for determinism.
-	order := func(s []*api.Instance) {
-		sort.Slice(s, func(i, j int) bool {
-			ri, rj := Ready(s[i]), Ready(s[j])
-			if ri != rj {
-				return !ri
-			}
-			return s[i].Name > s[j].Name
-		})
-	}
-	order(cur)
-	order(old)
+	sort.Strings(plan.Delete)
 
-	st := api.ServiceStatus{TemplateHash: hash, Stable: svc.Status.Stable}
+	st := api.ServiceStatus{TemplateHash: hash, Stable: svc.Status.Stable, Retiring: retiring}
 	var failed *api.Instance
-	readyCur := 0
+	readyCur, readyOld := 0, 0
 	for _, in := range cur {
 		if Ready(in) {
 			readyCur++
 		}
-		if failed == nil && failing(in) && len(old) > 0 {
+		if failing(in) && len(old) > 0 && (failed == nil || in.Name < failed.Name) {
 			failed = in
 		}
 	}
-	plan := ServicePlan{}
+	for _, in := range old {
+		if Ready(in) {
+			readyOld++
+		}
+	}
 	want := svc.Spec.Replicas
 	total := len(cur) + len(old)
+	if failed == nil {
+		surge := 0
+		if len(old) > 0 {
+			surge = par
+		}
+		plan.Create = max(0, min(want+surge-total, want-len(cur)))
+	}
+
+	// Surplus candidates: every old instance, and new ones beyond Replicas;
+	// never a failing one, which stays as the reason the rollout stopped.
+	cand := append([]*api.Instance{}, old...)
+	var extra []*api.Instance
+	for _, in := range cur {
+		if failed == nil || !failing(in) {
+			extra = append(extra, in)
+		}
+	}
+	sortSurplus(extra, nil)
+	if n := len(cur) - want; n > 0 {
+		cand = append(cand, extra[:min(n, len(extra))]...)
+	}
+	oldSet := map[*api.Instance]bool{}
+	for _, in := range old {
+		oldSet[in] = true
+	}
+	sortSurplus(cand, oldSet)
+	serving := readyCur + readyOld
+	surplus := total - want
+	removedCur := 0
+	for _, in := range cand {
+		if surplus <= 0 {
+			break
+		}
+		if Ready(in) {
+			if serving <= want {
+				// Only unready candidates follow: none may go.
+				break
+			}
+			serving--
+		}
+		plan.remove(in, now)
+		if !oldSet[in] {
+			removedCur++
+		}
+		surplus--
+	}
+	// Then the instances of draining nodes, by the same rule.
+	placed := serving
+	for _, in := range evac {
+		if Ready(in) {
+			serving++
+		}
+	}
+	sortSurplus(evac, nil)
+	evacLeft := len(evac)
+	for _, in := range evac {
+		if Ready(in) {
+			if serving <= want {
+				break
+			}
+			serving--
+		}
+		plan.remove(in, now)
+		evacLeft--
+	}
+
+	// The counts are those after the plan: what the endpoints will hold.
+	removed := total - want - surplus
+	curLeft, oldLeft := len(cur)-removedCur, len(old)-(removed-removedCur)
 	switch {
 	case failed != nil:
 		// Keep what runs; add nothing of the bad template. Rollback is the
 		// user's call: it restores Status.Stable.
 		st.Rollout = api.RolloutFailed
 		st.Message = fmt.Sprintf("instance %s of the new template failed (%s); rollout stopped, old instances kept", failed.Name, describe(failed))
-		if total > want {
-			plan.Delete = names(append(append([]*api.Instance{}, old...), cur...)[:total-want])
-		}
-	case total > want:
-		// Scale down, old template first.
-		all := append(append([]*api.Instance{}, old...), cur...)
-		plan.Delete = names(all[:total-want])
-	case total < want:
-		plan.Create = want - total
-	case len(old) > 0:
-		unready := len(cur) - readyCur
-		if n := min(par-unready, len(old)); n > 0 {
-			plan.Delete = names(old[:n])
-			plan.Create = n
-		}
+	case oldLeft == 0 && curLeft == want && placed == want && evacLeft == 0:
+		st.Rollout = api.RolloutComplete
+		t := svc.Spec.Template
+		st.Stable = &t
+	default:
+		st.Rollout = api.RolloutProgressing
 	}
-	if failed == nil {
-		if len(old) == 0 && readyCur == want && total == want {
-			st.Rollout = api.RolloutComplete
-			t := svc.Spec.Template
-			st.Stable = &t
-		} else {
-			st.Rollout = api.RolloutProgressing
-		}
-	}
-	st.Replicas = total
-	st.Updated = len(cur)
-	for _, in := range instances {
-		if Ready(in) {
-			st.Ready++
-		}
-	}
+	st.Replicas = curLeft + oldLeft + evacLeft
+	st.Updated = curLeft
+	st.Ready = serving
+	st.Retiring += len(plan.Retire)
 	plan.Status = st
 	return plan
+}
+
+// remove retires an instance that serves, for its grace period, and
+// deletes one that does not (or has none).
+func (p *ServicePlan) remove(in *api.Instance, now time.Time) {
+	if g := in.Spec.Template.GracePeriod(); g > 0 && Ready(in) {
+		if p.Retire == nil {
+			p.Retire = map[string]time.Time{}
+		}
+		p.Retire[in.Name] = now.Add(g)
+		return
+	}
+	p.Delete = append(p.Delete, in.Name)
+}
+
+// sortSurplus orders instances for removal: those not serving first, then
+// (if old is given) the old template before the new, then by name, last
+// first.
+func sortSurplus(s []*api.Instance, old map[*api.Instance]bool) {
+	sort.Slice(s, func(i, j int) bool {
+		if ri, rj := Ready(s[i]), Ready(s[j]); ri != rj {
+			return !ri
+		}
+		if oi, oj := old[s[i]], old[s[j]]; oi != oj {
+			return oi
+		}
+		return s[i].Name > s[j].Name
+	})
 }
 
 func describe(in *api.Instance) string {
@@ -158,7 +279,8 @@ type HealthAction struct {
 // CrashLoopAfter times having run less than QuickRunCeiling each time is
 // reported as crash-looping (and still retried at the maximum back-off).
 func Health(in *api.Instance, now time.Time) (HealthAction, bool) {
-	if in.Spec.Node == "" || in.Spec.Desired == api.DesiredStopped {
+	// A retiring instance is on its way out: restarting it serves no one.
+	if in.Spec.Node == "" || in.Spec.Desired == api.DesiredStopped || Retiring(in) {
 		return HealthAction{}, false
 	}
 	// The agent has not yet acted on the last restart request.

@@ -23,10 +23,13 @@ var allowed = map[string][]string{
 	"build":   {"image", "runtime"},
 	"network": {},
 	"agent":   {"runtime", "image", "network", "api"},
-	"control": {"api"},
+	"control": {"api", "pki"},
 	"api":     {},
+	// The cluster CA: a leaf the control plane signs with and cmd/berthd's
+	// agent keeps its credentials with.
+	"pki":     {},
 	"console": {},
-	"bench":   {"runtime", "image", "network", "api", "control", "agent", "build"},
+	"bench":   {"runtime", "image", "network", "api", "control", "agent", "build", "pki"},
 	// The CLI is a lean API client: a server package linked in would cost
 	// every command its initialisers (see cmd/berth/runtime.go).
 	"cmd/berth": {"api"},

@@ -3,6 +3,7 @@
 package uptest
 
 import (
+	"archive/tar"
 	"bufio"
 	"bytes"
 	"context"
@@ -12,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	goruntime "runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -254,4 +256,75 @@ func KillContainers(agentRoot string) {
 			os.Remove(d)
 		}
 	}
+}
+
+// WebServer is a static Go web server for test images: it answers every
+// request on :8080 with the container's host name.
+const WebServer = `package main
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+)
+
+func main() {
+	h, _ := os.Hostname()
+	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, h) })
+	if err := http.ListenAndServe(":8080", nil); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
+`
+
+// GoTool finds the go command that builds test programs.
+func GoTool() (string, error) {
+	if p, err := exec.LookPath("go"); err == nil {
+		return p, nil
+	}
+	p := filepath.Join(goruntime.GOROOT(), "bin", "go")
+	if _, err := os.Stat(p); err != nil {
+		return "", fmt.Errorf("no go command to build the test's programs: %w", err)
+	}
+	return p, nil
+}
+
+// GoImageTar builds src (a main package using only the standard library)
+// statically as /name and packs it as an image's root filesystem.
+func GoImageTar(t testing.TB, goBin, dir, name, src string) []byte {
+	t.Helper()
+	exe := GoBuild(t, goBin, dir, name, src)
+	body, err := os.ReadFile(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := []imagetest.File{{Name: name, Body: string(body), Mode: 0o755}}
+	for _, d := range []string{"dev", "etc", "proc", "sys", "tmp"} {
+		files = append(files, imagetest.File{Name: d + "/", Type: tar.TypeDir})
+	}
+	return imagetest.Tar(t, files...).Bytes()
+}
+
+// GoBuild builds src statically into dir/name and returns its path.
+func GoBuild(t testing.TB, goBin, dir, name, src string) string {
+	t.Helper()
+	srcDir := filepath.Join(dir, name+"-src")
+	if err := os.MkdirAll(srcDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for file, body := range map[string]string{"main.go": src, "go.mod": "module " + name + "\n\ngo 1.22\n"} {
+		if err := os.WriteFile(filepath.Join(srcDir, file), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	exe := filepath.Join(dir, name)
+	cmd := exec.Command(goBin, "build", "-trimpath", "-o", exe, ".")
+	cmd.Dir = srcDir
+	// Standard library only: nothing to download.
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=", "GOTOOLCHAIN=local", "GOPROXY=off")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build %s: %v\n%s", name, err, out)
+	}
+	return exe
 }
