@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -72,6 +73,12 @@ func (a *Agent) CopyFrom(ctx context.Context, ref, src string, w io.Writer) erro
 		return err
 	}
 	defer unix.Close(rootfd)
+	return archiveFrom(ctx, rootfd, src, ids, w, "container "+id)
+}
+
+// archiveFrom writes a tar of src below the directory rootfd to w; what
+// names the tree in errors.
+func archiveFrom(ctx context.Context, rootfd int, src string, ids IDRange, w io.Writer, what string) error {
 	clean := path.Clean("/" + src)
 	dir, name := path.Dir(clean), path.Base(clean)
 	if clean == "/" {
@@ -86,19 +93,15 @@ func (a *Agent) CopyFrom(ctx context.Context, ref, src string, w io.Writer) erro
 		}
 	}
 	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
-		return fmt.Errorf("container %s: %s: %w", id, clean, ErrNoSuchPath)
+		return fmt.Errorf("%s: %s: %w", what, clean, ErrNoSuchPath)
 	}
 	if err != nil {
-		return fmt.Errorf("container %s: %s: %w", id, clean, err)
+		return fmt.Errorf("%s: %s: %w", what, clean, err)
 	}
 	defer unix.Close(dfd)
 	tw := tar.NewWriter(w)
-	tarName := name
-	if name == "." {
-		tarName = "."
-	}
-	if err := tarWalk(ctx, tw, dfd, name, tarName, ids); err != nil {
-		return fmt.Errorf("copy %s from %s: %w", clean, id, err)
+	if err := tarWalk(ctx, tw, dfd, name, name, ids); err != nil {
+		return fmt.Errorf("copy %s from %s: %w", clean, what, err)
 	}
 	return tw.Close()
 }
@@ -200,25 +203,32 @@ func (a *Agent) CopyTo(ctx context.Context, ref, dst string, r io.Reader) error 
 		return err
 	}
 	defer unix.Close(rootfd)
+	return extractInto(ctx, rootfd, dst, ids, a.dir(id), r, "container "+id)
+}
+
+// extractInto extracts the tar r into dst below the directory rootfd,
+// spooling it in spoolDir to vet it whole first; what names the tree in
+// errors.
+func extractInto(ctx context.Context, rootfd int, dst string, ids IDRange, spoolDir string, r io.Reader, what string) error {
 	dst = path.Clean("/" + dst)
 	dfd, err := openInRoot(rootfd, dst, unix.O_PATH|unix.O_DIRECTORY)
 	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
-		return invalidf("container %s: destination %s: not a directory", id, dst)
+		return invalidf("%s: destination %s: not a directory", what, dst)
 	}
 	if err != nil {
-		return fmt.Errorf("container %s: destination %s: %w", id, dst, err)
+		return fmt.Errorf("%s: destination %s: %w", what, dst, err)
 	}
 	unix.Close(dfd)
 
-	// Spooled on the host, beside the container, to be vetted whole.
-	spool, err := os.CreateTemp(a.dir(id), "upload-*.tar")
+	// Spooled on the host, beside the tree, to be vetted whole.
+	spool, err := os.CreateTemp(spoolDir, "upload-*.tar")
 	if err != nil {
 		return err
 	}
 	defer os.Remove(spool.Name())
 	defer spool.Close()
 	if _, err := io.Copy(spool, r); err != nil {
-		return fmt.Errorf("copy to %s: read archive: %w", id, err)
+		return fmt.Errorf("copy to %s: read archive: %w", what, err)
 	}
 	chk := archiveCheck{ids: ids.Size}
 	if err := eachEntry(spool, func(h *tar.Header, _ io.Reader) error {
@@ -237,10 +247,49 @@ func (a *Agent) CopyTo(ctx context.Context, ref, dst string, r io.Reader) error 
 			return err
 		}
 		if err := extractEntry(rootfd, dst, name, h, data, ids); err != nil {
-			return fmt.Errorf("copy to %s: %s: %w", id, path.Join(dst, name), err)
+			return fmt.Errorf("copy to %s: %s: %w", what, path.Join(dst, name), err)
 		}
 		return nil
 	})
+}
+
+// volumeIDs is how a volume's files are owned on disk: as the containers
+// that mount it see them (the mount is idmapped), so copies keep those ids.
+func volumeIDs() IDRange { return IDRange{Base: 0, Size: DefaultIDPool().Size} }
+
+// VolumeCopyFrom writes a tar of a named volume's contents to w, owners as
+// containers see them: what a move to another node copies.
+func (a *Agent) VolumeCopyFrom(ctx context.Context, name string, w io.Writer) error {
+	if !validName(name, 128, "_.-") {
+		return invalidf("volume %q: invalid name", name)
+	}
+	data := filepath.Join(a.cfg.Root, "volumes", name, "_data")
+	fd, err := unix.Open(data, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("volume %s: %w", name, ErrNotFound)
+	}
+	if err != nil {
+		return fmt.Errorf("volume %s: %w", name, err)
+	}
+	defer unix.Close(fd)
+	return archiveFrom(ctx, fd, "/", volumeIDs(), w, "volume "+name)
+}
+
+// VolumeCopyTo extracts the tar r into a named volume, made if needed.
+func (a *Agent) VolumeCopyTo(ctx context.Context, name string, r io.Reader) error {
+	if !validName(name, 128, "_.-") {
+		return invalidf("volume %q: invalid name", name)
+	}
+	data, err := a.ensureVolume(name)
+	if err != nil {
+		return err
+	}
+	fd, err := unix.Open(data, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("volume %s: %w", name, err)
+	}
+	defer unix.Close(fd)
+	return extractInto(ctx, fd, "/", volumeIDs(), filepath.Dir(data), r, "volume "+name)
 }
 
 func eachEntry(f *os.File, fn func(*tar.Header, io.Reader) error) error {

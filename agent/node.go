@@ -58,7 +58,11 @@ func InstanceSpec(in *api.Instance, node, network string) (ContainerSpec, error)
 		s.Entrypoint = slices.Clone(t.Entrypoint)
 	}
 	for _, m := range t.Mounts {
-		s.Mounts = append(s.Mounts, Mount{Type: m.Type, Source: m.Source, Target: m.Target, ReadOnly: m.ReadOnly})
+		src := m.Source
+		if m.Type == "volume" {
+			src = api.VolumeName(in.Tenant, src)
+		}
+		s.Mounts = append(s.Mounts, Mount{Type: m.Type, Source: src, Target: m.Target, ReadOnly: m.ReadOnly})
 	}
 	keys := make([]string, 0, len(t.Env))
 	for k := range t.Env {

@@ -182,7 +182,8 @@ func TestInstanceSpecMapsTheRunFlags(t *testing.T) {
 	if !s.TTY || !s.Stdin || s.NoInit {
 		t.Errorf("tty %v stdin %v noInit %v", s.TTY, s.Stdin, s.NoInit)
 	}
-	want := []Mount{{Type: "volume", Source: "data", Target: "/data"}, {Type: "bind", Source: "/etc", Target: "/host-etc", ReadOnly: true}}
+	// A tenant's volume is its own: another tenant's "data" is another.
+	want := []Mount{{Type: "volume", Source: "shop_data", Target: "/data"}, {Type: "bind", Source: "/etc", Target: "/host-etc", ReadOnly: true}}
 	if !slices.Equal(s.Mounts, want) {
 		t.Errorf("mounts %+v, want %+v", s.Mounts, want)
 	}

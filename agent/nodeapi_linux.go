@@ -24,6 +24,8 @@ func NewNodeAPI(a *Agent, log *slog.Logger) http.Handler {
 	h := &nodeAPI{a: a, log: log}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/containers/{id}/{op}", h.serve)
+	mux.HandleFunc("GET /volumes/{name}/archive", h.getVolume)
+	mux.HandleFunc("PUT /volumes/{name}/archive", h.putVolume)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, api.Errorf(http.StatusNotFound, "%s: no such endpoint", r.URL.Path))
 	})
@@ -330,6 +332,33 @@ func (h *nodeAPI) putArchive(w http.ResponseWriter, r *http.Request, id string) 
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
+}
+
+// getVolume streams a tar of a named volume (what a move copies).
+func (h *nodeAPI) getVolume(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	lw := &lazyWriter{w: w}
+	err := h.a.VolumeCopyFrom(r.Context(), name, lw)
+	if err != nil && lw.wrote {
+		h.log.Warn("volume archive", "volume", name, "err", err)
+		return
+	}
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if !lw.wrote {
+		lw.Write(nil)
+	}
+}
+
+// putVolume extracts a tar into a named volume, made if needed.
+func (h *nodeAPI) putVolume(w http.ResponseWriter, r *http.Request) {
+	if err := h.a.VolumeCopyTo(r.Context(), r.PathValue("name"), r.Body); err != nil {
+		writeError(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
 }
 
 func (h *nodeAPI) kill(w http.ResponseWriter, r *http.Request, id string) error {

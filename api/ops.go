@@ -106,6 +106,36 @@ func (c *Client) CopyTo(ctx context.Context, tenant, name, path string, tar io.R
 	return resp.Body.Close()
 }
 
+// VolumeName is a node's name for a tenant's named volume: tenants'
+// volumes of the same name are different volumes. Neither a tenant nor a
+// volume name has a '_'.
+func VolumeName(tenant, volume string) string { return tenant + "_" + volume }
+
+// VolumePath is the path of a tenant's named volume's contents on a node.
+func VolumePath(tenant, volume string) string {
+	return "/" + Version + "/tenants/" + url.PathEscape(tenant) + "/volumes/" + url.PathEscape(volume) + "/" + OpArchive
+}
+
+// CopyVolumeFrom returns a tar of a tenant's named volume on node.
+func (c *Client) CopyVolumeFrom(ctx context.Context, tenant, volume, node string) (io.ReadCloser, error) {
+	resp, err := c.stream(ctx, http.MethodGet, VolumePath(tenant, volume), url.Values{"node": {node}}, nil)
+	if err != nil {
+		return nil, err
+	}
+	return resp.Body, nil
+}
+
+// CopyVolumeTo extracts a tar into a tenant's named volume on node, made
+// if needed.
+func (c *Client) CopyVolumeTo(ctx context.Context, tenant, volume, node string, tar io.Reader) error {
+	resp, err := c.stream(ctx, http.MethodPut, VolumePath(tenant, volume), url.Values{"node": {node}}, tar)
+	if err != nil {
+		return err
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.Body.Close()
+}
+
 // Exec starts a process in an instance's running container.
 func (c *Client) Exec(ctx context.Context, tenant, name string, o ExecOptions) (*Stream, error) {
 	return c.dial(ctx, OpPath(tenant, name, OpExec), o.Values())

@@ -35,6 +35,8 @@ func (s *Server) containerRoutes(m *http.ServeMux) {
 	} {
 		m.HandleFunc(o.method+" /v1/tenants/{tenant}/instances/{name}/"+o.op, s.containerOp(o.op, o.verb))
 	}
+	m.HandleFunc("GET /v1/tenants/{tenant}/volumes/{volume}/archive", s.volumeOp(verbRead))
+	m.HandleFunc("PUT /v1/tenants/{tenant}/volumes/{volume}/archive", s.volumeOp(verbWrite))
 }
 
 // mayRun refuses a template p's role may not run: host paths reach outside
@@ -76,56 +78,100 @@ func (s *Server) containerOp(op, verb string) http.HandlerFunc {
 			s.fail(w, err)
 			return
 		}
-		target, tr, err := s.agentTransport(node, agentURL)
+		s.proxy(w, r, node, agentURL, "/containers/"+url.PathEscape(api.ContainerName(tenant, name))+"/"+op, tenant+"/"+name)
+	}
+}
+
+// proxy hands r to node's agent at path, streaming both ways; what names
+// the target in errors.
+func (s *Server) proxy(w http.ResponseWriter, r *http.Request, node, agentURL, path, what string) {
+	ctx := r.Context()
+	target, tr, err := s.agentTransport(node, agentURL)
+	if err != nil {
+		s.fail(w, err)
+		return
+	}
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(target)
+			pr.Out.URL.Path, pr.Out.URL.RawPath = target.Path+path, ""
+			pr.Out.URL.RawQuery = pr.In.URL.RawQuery
+			// The agent trusts the server, not the caller: the caller's
+			// credentials stop here, and the origin check was ours.
+			pr.Out.Header.Del("Authorization")
+			pr.Out.Header.Del("Origin")
+			if protos := offeredProtocols(pr.In); len(protos) > 0 {
+				pr.Out.Header.Del("Sec-WebSocket-Protocol")
+				var keep []string
+				for _, p := range protos {
+					if !strings.HasPrefix(p, bearerProtocol) {
+						keep = append(keep, p)
+					}
+				}
+				if len(keep) > 0 {
+					pr.Out.Header.Set("Sec-WebSocket-Protocol", strings.Join(keep, ", "))
+				}
+			}
+		},
+		Transport:     tr,
+		FlushInterval: -1,
+		ModifyResponse: func(resp *http.Response) error {
+			// A browser that offered subprotocols fails a handshake
+			// that selects none.
+			if resp.StatusCode == http.StatusSwitchingProtocols && resp.Header.Get("Sec-WebSocket-Protocol") == "" {
+				for _, p := range offeredProtocols(r) {
+					if p == WebsocketProtocol {
+						resp.Header.Set("Sec-WebSocket-Protocol", WebsocketProtocol)
+					}
+				}
+			}
+			return nil
+		},
+		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
+			if ctx.Err() != nil {
+				return
+			}
+			s.fail(w, api.Errorf(http.StatusBadGateway, "node agent of %s: %v", what, err))
+		},
+	}
+	rp.ServeHTTP(w, r)
+}
+
+// volumeOp copies a tenant's named volume out of or into a node's agent
+// (berth move --copy-volumes): reading needs read access to the tenant,
+// writing tenant-admin.
+func (s *Server) volumeOp(verb string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		ctx := r.Context()
+		p, err := s.auth.authenticate(ctx, r)
 		if err != nil {
 			s.fail(w, err)
 			return
 		}
-		path := "/containers/" + url.PathEscape(api.ContainerName(tenant, name)) + "/" + op
-		proxy := &httputil.ReverseProxy{
-			Rewrite: func(pr *httputil.ProxyRequest) {
-				pr.SetURL(target)
-				pr.Out.URL.Path, pr.Out.URL.RawPath = target.Path+path, ""
-				pr.Out.URL.RawQuery = pr.In.URL.RawQuery
-				// The agent trusts the server, not the caller: the caller's
-				// credentials stop here, and the origin check was ours.
-				pr.Out.Header.Del("Authorization")
-				pr.Out.Header.Del("Origin")
-				if protos := offeredProtocols(pr.In); len(protos) > 0 {
-					pr.Out.Header.Del("Sec-WebSocket-Protocol")
-					var keep []string
-					for _, p := range protos {
-						if !strings.HasPrefix(p, bearerProtocol) {
-							keep = append(keep, p)
-						}
-					}
-					if len(keep) > 0 {
-						pr.Out.Header.Set("Sec-WebSocket-Protocol", strings.Join(keep, ", "))
-					}
-				}
-			},
-			Transport:     tr,
-			FlushInterval: -1,
-			ModifyResponse: func(resp *http.Response) error {
-				// A browser that offered subprotocols fails a handshake
-				// that selects none.
-				if resp.StatusCode == http.StatusSwitchingProtocols && resp.Header.Get("Sec-WebSocket-Protocol") == "" {
-					for _, p := range offeredProtocols(r) {
-						if p == WebsocketProtocol {
-							resp.Header.Set("Sec-WebSocket-Protocol", WebsocketProtocol)
-						}
-					}
-				}
-				return nil
-			},
-			ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
-				if ctx.Err() != nil {
-					return
-				}
-				s.fail(w, api.Errorf(http.StatusBadGateway, "node agent of %s/%s: %v", tenant, name, err))
-			},
+		tenant, vol, node := r.PathValue("tenant"), r.PathValue("volume"), r.URL.Query().Get("node")
+		if err := authorize(p, verb, api.KindInstance, tenant, ""); err != nil {
+			s.fail(w, err)
+			return
 		}
-		proxy.ServeHTTP(w, r)
+		if err := api.ValidName(node); err != nil {
+			s.fail(w, &api.FieldError{Field: "node", Message: err.Error()})
+			return
+		}
+		if err := api.ValidName(vol); err != nil {
+			s.fail(w, &api.FieldError{Field: "volume", Message: err.Error()})
+			return
+		}
+		o, err := s.st.Get(ctx, api.KindNode, "", node)
+		if err != nil {
+			s.fail(w, err)
+			return
+		}
+		n := o.(*api.Node)
+		if n.Spec.AgentURL == "" {
+			s.fail(w, api.Errorf(http.StatusNotImplemented, "node %s does not serve container operations (no agent URL registered)", n.Name))
+			return
+		}
+		s.proxy(w, r, n.Name, n.Spec.AgentURL, "/volumes/"+url.PathEscape(api.VolumeName(tenant, vol))+"/archive", "volume "+tenant+"/"+vol+" on "+node)
 	}
 }
 

@@ -394,27 +394,89 @@ func newNodeCmd() *cobra.Command {
 
 // newMoveCmd is `berth move INSTANCE --to NODE`: the instance keeps its
 // name and labels; the node it leaves keeps serving it until it serves on
-// the new one.
+// the new one. Named volumes live on their node: with --copy-volumes the
+// container is stopped, its volumes copied to the new node, and it starts
+// there (a stateful move has to stop writing to copy consistently).
 func newMoveCmd() *cobra.Command {
 	var af apiFlags
 	var to string
+	var copyVolumes bool
 	cmd := &cobra.Command{
 		Use: "move INSTANCE --to NODE", Short: "Move a container (an instance) to another node, keeping its name and labels", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if to == "" {
 				return fmt.Errorf("--to: the node to move %s to is required", args[0])
 			}
-			in, err := af.client().Move(cmd.Context(), af.tenant, args[0], to)
+			ctx, c, name := cmd.Context(), af.client(), args[0]
+			in, err := getInstance(ctx, c, af.tenant, name)
 			if err != nil {
 				return err
 			}
-			fmt.Printf("%s moving to %s\n", in.Name, to)
+			var vols []string
+			for _, m := range in.Spec.Template.Mounts {
+				if m.Type == api.MountVolume {
+					vols = append(vols, m.Source)
+				}
+			}
+			from := in.Spec.Node
+			if !copyVolumes || len(vols) == 0 || from == "" || from == to {
+				if len(vols) > 0 && !copyVolumes {
+					fmt.Fprintf(os.Stderr, "berth: %s's volumes (%s) stay on %s; it starts on %s with empty ones (--copy-volumes copies them)\n",
+						name, strings.Join(vols, ", "), from, to)
+				}
+				if _, err := c.Move(ctx, af.tenant, name, to); err != nil {
+					return err
+				}
+				fmt.Printf("%s moving to %s\n", name, to)
+				return nil
+			}
+			wasRunning := in.Spec.Desired != api.DesiredStopped
+			if _, err := change(ctx, c, af.tenant, name, func(in *api.Instance) error {
+				in.Spec.Desired = api.DesiredStopped
+				return nil
+			}, func(in *api.Instance) bool { return !isRunning(in) }); err != nil {
+				return fmt.Errorf("stop %s to copy its volumes: %w", name, err)
+			}
+			for _, v := range vols {
+				if err := copyVolume(ctx, c, af.tenant, v, from, to); err != nil {
+					return fmt.Errorf("copy volume %s from %s to %s (%s is stopped on %s; berth start %s resumes it there): %w", v, from, to, name, from, name, err)
+				}
+			}
+			if _, err := c.Move(ctx, af.tenant, name, to); err != nil {
+				return err
+			}
+			if wasRunning {
+				in, err := change(ctx, c, af.tenant, name, func(in *api.Instance) error {
+					in.Spec.Desired = api.DesiredRunning
+					in.Spec.RestartGeneration = max(in.Spec.RestartGeneration, in.Status.Restarts) + 1
+					return nil
+				}, func(in *api.Instance) bool { return in.Status.ObservedNode == to && startedOrFailed(in) })
+				if err != nil {
+					return err
+				}
+				if err := startFailure(in); err != nil {
+					return err
+				}
+			}
+			fmt.Printf("%s moved to %s with its volumes %s\n", name, to, strings.Join(vols, ", "))
 			return nil
 		},
 	}
 	af.add(cmd)
 	cmd.Flags().StringVar(&to, "to", "", "node to move to")
+	cmd.Flags().BoolVar(&copyVolumes, "copy-volumes", false, "stop the container, copy its named volumes to the new node, start it there")
 	return cmd
+}
+
+// copyVolume streams a tenant's volume from one node's agent to another's
+// through the control plane.
+func copyVolume(ctx context.Context, c *api.Client, tenant, vol, from, to string) error {
+	rc, err := c.CopyVolumeFrom(ctx, tenant, vol, from)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	return c.CopyVolumeTo(ctx, tenant, vol, to, rc)
 }
 
 func newTokenCmd() *cobra.Command {

@@ -224,6 +224,39 @@ func TestFleet(t *testing.T) {
 		return nil
 	})
 
+	// A stateful container moves with its named volume copied.
+	src := client.Spec.Node
+	if out, err := f.CLI("run", "-d", "--name", "keeper", "--node", src, "-v", "state:/data", "busybox",
+		"sh", "-c", "echo kept > /data/f; mkdir -p /data/d; echo deep > /data/d/g; sleep 1000000"); err != nil {
+		t.Fatalf("run keeper: %v: %s", err, out)
+	}
+	fleettest.Poll(t, "keeper to write its volume", 30*time.Second, func() error {
+		out, err := f.CLI("exec", "keeper", "cat", "/data/d/g")
+		if err != nil || strings.TrimSpace(out) != "deep" {
+			return fmt.Errorf("%v: %q", err, out)
+		}
+		return nil
+	})
+	dst := ""
+	for _, h := range f.Hosts {
+		if h.Name != drained && h.Name != src {
+			dst = h.Name
+		}
+	}
+	if out, err := f.CLI("move", "keeper", "--to", dst, "--copy-volumes"); err != nil {
+		t.Fatalf("move --copy-volumes: %v: %s", err, out)
+	}
+	keeper := &api.Instance{}
+	if err := f.Admin.Get(ctx, api.DefaultTenant, "keeper", keeper); err != nil {
+		t.Fatal(err)
+	}
+	if keeper.Status.ObservedNode != dst || keeper.Status.Phase != api.PhaseRunning {
+		t.Fatalf("keeper after the move: on %q, %s", keeper.Status.ObservedNode, keeper.Status.Phase)
+	}
+	if out, err := f.CLI("exec", "keeper", "cat", "/data/f", "/data/d/g"); err != nil || strings.Join(strings.Fields(out), " ") != "kept deep" {
+		t.Fatalf("keeper's volume on %s: %v: %q", dst, err, out)
+	}
+
 	// Certificates rotate (30 s life, renewed 20 s in) and the nodes stay
 	// ready on the new ones.
 	poll(t, "every node's certificate renewed", 60*time.Second, func() error {
