@@ -146,3 +146,26 @@ func (c *Client) Fabric(ctx context.Context, node string) (Fabric, error) {
 	err := c.do(ctx, http.MethodGet, "/v1/nodes/"+url.PathEscape(node)+"/fabric", nil, nil, &out)
 	return out, err
 }
+
+// Cluster is the control plane's own state: who leads it, and the etcd
+// members it stores in.
+type Cluster struct {
+	// Leader is the identity (host-pid) of the server running the
+	// scheduler and controllers; empty while none is elected.
+	Leader string       `json:"leader,omitempty"`
+	Etcd   []EtcdMember `json:"etcd"`
+}
+
+// EtcdMember is one member of the etcd cluster.
+type EtcdMember struct {
+	Name       string   `json:"name"`
+	PeerURLs   []string `json:"peerURLs"`
+	ClientURLs []string `json:"clientURLs"`
+}
+
+// Cluster reads the control plane's state (admin only).
+func (c *Client) Cluster(ctx context.Context) (Cluster, error) {
+	var out Cluster
+	err := c.do(ctx, http.MethodGet, "/v1/cluster", nil, nil, &out)
+	return out, err
+}

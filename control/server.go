@@ -88,6 +88,7 @@ func NewServer(cfg Config) *Server {
 	m.HandleFunc("POST /v1/addressblocks/{name}/claim", s.handleClaim)
 	m.HandleFunc("POST /v1/addressblocks/{name}/release", s.handleClaim)
 	m.HandleFunc("GET /v1/ca", s.handleCA)
+	m.HandleFunc("GET /v1/cluster", s.handleCluster)
 	m.HandleFunc("POST /v1/jointokens", s.handleJoinToken)
 	m.HandleFunc("POST /v1/join", s.handleJoin)
 	m.HandleFunc("POST /v1/nodes/{name}/certificate", s.handleRenew)

@@ -479,6 +479,39 @@ func copyVolume(ctx context.Context, c *api.Client, tenant, vol, from, to string
 	return c.CopyVolumeTo(ctx, tenant, vol, to, rc)
 }
 
+// newClusterCmd shows the control plane's own state: the leading server
+// and the etcd members.
+func newClusterCmd() *cobra.Command {
+	var af apiFlags
+	var format string
+	cmd := &cobra.Command{
+		Use: "cluster", Short: "Show which server leads the control plane and the etcd members it runs on", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := af.client().Cluster(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if format == "json" {
+				return printJSON(cl)
+			}
+			leader := cl.Leader
+			if leader == "" {
+				leader = "(none elected)"
+			}
+			fmt.Printf("leader: %s\n", leader)
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ETCD MEMBER\tPEER URLS\tCLIENT URLS")
+			for _, m := range cl.Etcd {
+				fmt.Fprintf(tw, "%s\t%s\t%s\n", m.Name, strings.Join(m.PeerURLs, ","), strings.Join(m.ClientURLs, ","))
+			}
+			return tw.Flush()
+		},
+	}
+	af.add(cmd)
+	cmd.Flags().StringVar(&format, "format", "", "table (default) or json")
+	return cmd
+}
+
 func newTokenCmd() *cobra.Command {
 	var af apiFlags
 	var role, node string

@@ -273,6 +273,40 @@ func TestFleet(t *testing.T) {
 	})
 	f.WaitNodes(3)
 
+	// Restarting the control plane stops no container: the agents carry
+	// on through it and report to the new one.
+	beforeRestart := map[string]string{}
+	for _, h := range f.Hosts {
+		cs, err := h.Containers()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, c := range cs {
+			beforeRestart[name] = c.ID
+		}
+	}
+	f.RestartServer()
+	f.WaitNodes(3)
+	fleettest.Poll(t, "the service serving through the restarted control plane", 60*time.Second, func() error {
+		_, err := f.Serving("web", 3, drained)
+		return err
+	})
+	for _, h := range f.Hosts {
+		cs, err := h.Containers()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, c := range cs {
+			if id, ok := beforeRestart[name]; ok && (id != c.ID || c.State.Status != agent.StatusRunning) {
+				t.Fatalf("%s on %s after the control plane restarted: %s %s, was %s", name, h.Name, c.ID, c.State.Status, id)
+			}
+			delete(beforeRestart, name)
+		}
+	}
+	if len(beforeRestart) > 0 {
+		t.Fatalf("gone after the control plane restarted: %v", beforeRestart)
+	}
+
 	// Removing a node revokes its certificate at once.
 	victim := f.Host(drained)
 	nc, err := f.NodeClient(victim)
@@ -287,5 +321,106 @@ func TestFleet(t *testing.T) {
 	}
 	if _, err := nc.NodeInstances(ctx, victim.Name); api.Code(err) != http.StatusUnauthorized {
 		t.Fatalf("node %s's certificate after node rm: %v, want 401", victim.Name, err)
+	}
+}
+
+// Three servers over a three-member etcd and two nodes whose agents know
+// all three: killing the server whose scheduler leads, and which the
+// agents use, stops no container; the agents move to another server, the
+// nodes stay ready, and the scheduler, handed over, places again.
+func TestFleetHA(t *testing.T) {
+	f := fleettest.New(t, fleettest.Config{Nodes: 2, Servers: 3})
+	ctx := ctxE2E(t)
+	health := &api.HealthCheck{HTTPPath: "/", Port: 8080, Interval: api.Duration(300 * time.Millisecond), Retries: 1}
+	svc := &api.Service{Meta: api.Meta{Name: "web", Tenant: api.DefaultTenant}, Spec: api.ServiceSpec{Replicas: 2,
+		Template: api.Template{Image: "web", Health: health}}}
+	if err := f.Admin.Create(ctx, svc); err != nil {
+		t.Fatal(err)
+	}
+	fleettest.Poll(t, "2 web instances serving", 90*time.Second, func() error { _, err := f.Serving("web", 2); return err })
+	before := map[string]string{}
+	for _, h := range f.Hosts {
+		cs, err := h.Containers()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, c := range cs {
+			before[h.Name+"/"+name] = c.ID
+		}
+	}
+
+	// Kill the server whose scheduler leads (and, through it, an etcd
+	// member), talking to another meanwhile.
+	var lead int
+	fleettest.Poll(t, "a scheduler leader", 30*time.Second, func() error {
+		cl, err := f.Admin.Cluster(ctx)
+		if err != nil {
+			return err
+		}
+		if len(cl.Etcd) != 3 {
+			return fmt.Errorf("etcd members %v", cl.Etcd)
+		}
+		for i := range 3 {
+			if strings.HasSuffix(cl.Leader, fmt.Sprintf("-%d", f.ServerPid(i))) {
+				lead = i
+				return nil
+			}
+		}
+		return fmt.Errorf("leader %q is none of the servers", cl.Leader)
+	})
+	// The agents restart preferring the leader's server, so that its
+	// death takes their server from them too.
+	f.PreferServer(lead)
+	for _, h := range f.Hosts {
+		f.KillAgent(h)
+		f.StartAgent(h, false)
+	}
+	f.WaitNodes(2)
+	fleettest.Poll(t, "2 web instances serving after the agents restarted", 30*time.Second, func() error { _, err := f.Serving("web", 2); return err })
+	f.UseServer((lead + 1) % 3)
+	f.KillServer(lead)
+	killed := time.Now()
+	if err := f.Admin.Get(ctx, api.DefaultTenant, "web", svc); err != nil {
+		t.Fatal(err)
+	}
+	svc.Spec.Replicas = 3
+	fleettest.Poll(t, "the service scaled through the surviving servers", 30*time.Second, func() error {
+		if err := f.Admin.Update(ctx, svc); err != nil {
+			if api.IsConflict(err) {
+				f.Admin.Get(ctx, api.DefaultTenant, "web", svc)
+				svc.Spec.Replicas = 3
+			}
+			return err
+		}
+		return nil
+	})
+	fleettest.Poll(t, "3 web instances serving after the leading server died", 60*time.Second, func() error { _, err := f.Serving("web", 3); return err })
+	t.Logf("leading server killed -> scheduler handed over, a new instance placed, running and answering: %v", time.Since(killed).Round(10*time.Millisecond))
+	cl, err := f.Admin.Cluster(ctx)
+	if err != nil || strings.HasSuffix(cl.Leader, fmt.Sprintf("-%d", f.ServerPid(lead))) {
+		t.Fatalf("leader after the kill: %+v %v", cl, err)
+	}
+	if out, err := f.CLI("cluster"); err != nil || !strings.Contains(out, "leader: "+cl.Leader) {
+		t.Fatalf("berth cluster: %v: %s", err, out)
+	}
+	for _, no := range f.Nodes() {
+		if no.Status.Phase != api.NodeReady {
+			t.Fatalf("node %s is %s after a server died", no.Name, no.Status.Phase)
+		}
+	}
+	for _, h := range f.Hosts {
+		cs, err := h.Containers()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, c := range cs {
+			if id, ok := before[h.Name+"/"+name]; ok && (id != c.ID || c.State.Status != agent.StatusRunning) {
+				t.Fatalf("%s on %s after the leading server died: %s %s, was %s", name, h.Name, c.ID, c.State.Status, id)
+			}
+			delete(before, h.Name+"/"+name)
+		}
+	}
+	if len(before) > 0 {
+		t.Fatalf("containers gone after the leading server died: %v", before)
 	}
 }

@@ -38,7 +38,7 @@ func newRootCmd() *cobra.Command {
 		handover("system", "Disk usage and clean-up of this machine's Berth data", "berthd"),
 		handover("login", "Check registry credentials and store them in ~/.docker/config.json", "berthd"),
 		newServiceCmd(),
-		newNodeCmd(), newMoveCmd(),
+		newNodeCmd(), newMoveCmd(), newClusterCmd(),
 		newTokenCmd(),
 	)
 	// The Docker-like verbs share one set of connection flags.

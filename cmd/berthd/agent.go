@@ -12,7 +12,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -74,7 +73,7 @@ containers; starting it again adopts them.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&join, "join", "", "URL of the control plane's TLS API (berth server --tls-listen)")
+	f.StringVar(&join, "join", "", "URL of the control plane's TLS API (berth server --tls-listen); several servers comma-separated, tried in turn")
 	f.StringVar(&token, "token", "", "join token (berth node join-token); needed only until the node has its certificate")
 	f.StringVar(&tokenFile, "token-file", "", "read the join token from this file instead (keeps it out of ps)")
 	f.StringVar(&dataDir, "data-dir", "/var/lib/berth/agent", "state directory (certificates, images, containers)")
@@ -114,12 +113,12 @@ func runAgent(ctx context.Context, log *slog.Logger, cfg agentConfig) error {
 	if err := os.MkdirAll(cfg.dataDir, 0o711); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
-	u, err := url.Parse(cfg.join)
-	if err != nil || u.Scheme != "https" || u.Host == "" {
-		return fmt.Errorf("--join %q: want https://SERVER:PORT", cfg.join)
+	servers, err := parseServers(cfg.join)
+	if err != nil {
+		return err
 	}
 	if !cfg.address.IsValid() {
-		a, err := sourceAddress(u.Host)
+		a, err := sourceAddress(servers[0].Host)
 		if err != nil {
 			return fmt.Errorf("--address: %w", err)
 		}
@@ -136,7 +135,11 @@ func runAgent(ctx context.Context, log *slog.Logger, cfg agentConfig) error {
 	if a, err := netip.ParseAddr(lhost); err == nil && a != cfg.address && !a.IsUnspecified() {
 		served = append(served, a)
 	}
-	creds := &nodeCreds{dir: filepath.Join(cfg.dataDir, "pki"), node: cfg.node, base: strings.TrimSuffix(cfg.join, "/"), addrs: served, log: log}
+	var hosts []string
+	for _, u := range servers {
+		hosts = append(hosts, u.Host)
+	}
+	creds := &nodeCreds{dir: filepath.Join(cfg.dataDir, "pki"), node: cfg.node, base: servers[0].String(), hosts: hosts, addrs: served, log: log}
 	if err := creds.load(); err != nil {
 		// The token file is read only to join: once the node has its
 		// certificate, whoever provisioned it may delete the file.
@@ -150,8 +153,17 @@ func runAgent(ctx context.Context, log *slog.Logger, cfg agentConfig) error {
 		if cfg.token == "" {
 			return fmt.Errorf("node %s has no certificate yet (%v): give the join token with --token or --token-file", cfg.node, err)
 		}
-		if err := creds.join(ctx, cfg.token); err != nil {
-			return err
+		var jerr error
+		for _, u := range servers {
+			creds.base = u.String()
+			if jerr = creds.join(ctx, cfg.token); jerr == nil {
+				break
+			}
+			log.Warn("join", "server", u.String(), "err", jerr)
+		}
+		creds.base = servers[0].String()
+		if jerr != nil {
+			return jerr
 		}
 		log.Info("joined the cluster", "node", cfg.node, "server", cfg.join)
 	}
@@ -349,7 +361,9 @@ func sameEndpoint(a, b policy.Endpoint) bool {
 // dir and renewed in place.
 type nodeCreds struct {
 	dir, node, base string
-	addrs           []netip.Addr
+	// hosts are the servers' host:port, base's first.
+	hosts []string
+	addrs []netip.Addr
 	log             *slog.Logger
 
 	mu sync.Mutex
@@ -438,13 +452,17 @@ func (c *nodeCreds) transport() http.RoundTripper {
 	if c.rt == nil {
 		c.rt = &swapTransport{cur: c.newTransport()}
 	}
-	return c.rt
+	return &failover{next: c.rt, hosts: c.hosts}
 }
 
 func (c *nodeCreds) newTransport() *http.Transport {
 	return &http.Transport{
 		TLSClientConfig: &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: poolOf(c.ca),
 			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return c.current(), nil }},
+		// A server cut off must not hold a request for long: the
+		// failover moves on to the next.
+		DialContext:         (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 15 * time.Second}).DialContext,
+		TLSHandshakeTimeout: 5 * time.Second,
 		ForceAttemptHTTP2:   true,
 		MaxIdleConnsPerHost: 16,
 		IdleConnTimeout:     90 * time.Second,

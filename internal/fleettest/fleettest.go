@@ -8,8 +8,10 @@ package fleettest
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -41,6 +43,9 @@ type Config struct {
 	Nodes int
 	// CertTTL is the life of the node certificates (24 h when zero).
 	CertTTL time.Duration
+	// Servers is the number of berth servers, each on its own host with
+	// a member of one etcd cluster (1 when zero: embedded single etcd).
+	Servers int
 	// Images are more image tars every node imports: name → (tar, config
 	// lines for berth image import -c).
 	Images []Image
@@ -83,15 +88,25 @@ type Fleet struct {
 	bin, berth string
 	dir        string
 	Hub        netnstest.NS
-	Ctl        *Host
-	Hosts      []*Host
-	Secret     string
-	Admin      *api.Client
-	server     *exec.Cmd
-	serverLog  *uptest.Buffer
-	serverDone chan error
-	token      string
-	images     []string // tars to import on every node: "path name cmd"
+	// Ctl is the control-plane host the test's client and CLI use: the
+	// last server's (so that killing server 0 leaves it).
+	Ctl     *Host
+	Hosts   []*Host
+	Secret  string
+	Admin   *api.Client
+	servers []*server
+	prefer  int
+	token   string
+}
+
+// server is one berth server on its own host.
+type server struct {
+	host *Host
+	name string
+	data string
+	cmd  *exec.Cmd
+	done chan error
+	log  *uptest.Buffer
 }
 
 // Host is one host of the fleet.
@@ -146,19 +161,17 @@ func New(t testing.TB, cfg Config) *Fleet {
 			Port: "p" + name, log: &uptest.Buffer{}}
 		netnstest.Link(t, f.Hub, h.Port, "", h.NS, "eth0", h.Addr.String()+"/24", 1500)
 		f.Hub.Run(t, "ip", "link", "set", h.Port, "master", "br0")
-		dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-			var c net.Conn
-			err := h.NS.Do(func() (err error) {
-				d := net.Dialer{Timeout: 2 * time.Second}
-				c, err = d.DialContext(ctx, network, addr)
-				return err
-			})
-			return c, err
-		}
-		h.probe = &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true}}
+		h.probe = &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DialContext: h.dialer(), DisableKeepAlives: true}}
 		return h
 	}
-	f.Ctl = plug("ctl", 1)
+	nServers := max(cfg.Servers, 1)
+	for i := range nServers {
+		name := "ctl"
+		if nServers > 1 {
+			name = fmt.Sprintf("ctl%d", i+1)
+		}
+		f.servers = append(f.servers, &server{host: plug(name, 1+i), name: fmt.Sprintf("s%d", i+1), data: filepath.Join(f.dir, "server-"+name)})
+	}
 	for i := range cfg.Nodes {
 		h := plug(fmt.Sprintf("n%d", i+1), 11+i)
 		h.Data = filepath.Join(f.dir, h.Name)
@@ -183,7 +196,19 @@ func New(t testing.TB, cfg Config) *Fleet {
 		Poll(t, "the namespace holder of "+h.Name, 10*time.Second, func() error { return uptest.SameNetns(h.hold.Process.Pid, h.NS.Path) })
 		f.Hosts = append(f.Hosts, h)
 	}
-	f.startServer()
+	secret, err := randomHex(12)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Secret = "system.admin." + secret
+	// All at once: each etcd member waits for a quorum of the others.
+	for _, srv := range f.servers {
+		f.startServer(srv)
+	}
+	for _, srv := range f.servers {
+		f.waitServer(srv)
+	}
+	f.UseServer(nServers - 1)
 	ctx := ctx(t)
 	jt, err := f.Admin.JoinToken(ctx, 10*time.Minute)
 	if err != nil {
@@ -204,50 +229,123 @@ func (f *Fleet) hostBerth(args ...string) {
 	}
 }
 
-// startServer runs berth server on the control-plane host: plain HTTP on
-// its loopback for the test, TLS on the fabric for the agents.
-func (f *Fleet) startServer() {
+// RestartServer stops the first berth server (SIGTERM) and starts it
+// again on its data directory.
+func (f *Fleet) RestartServer() {
+	f.t.Helper()
+	srv := f.servers[0]
+	srv.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-srv.done:
+		if err != nil {
+			f.t.Fatalf("berth server after SIGTERM: %v\n%s", err, srv.log.String())
+		}
+	case <-time.After(20 * time.Second):
+		f.t.Fatal("berth server did not stop on SIGTERM")
+	}
+	f.startServer(srv)
+	f.waitServer(srv)
+}
+
+// KillServer SIGKILLs berth server i (0-based) and its etcd member.
+func (f *Fleet) KillServer(i int) {
+	srv := f.servers[i]
+	srv.cmd.Process.Kill()
+	<-srv.done
+}
+
+// ServerPid is the pid of berth server i, which its leader identity
+// (host-pid) ends with.
+func (f *Fleet) ServerPid(i int) int { return f.servers[i].cmd.Process.Pid }
+
+// UseServer points Admin and CLI at berth server i.
+func (f *Fleet) UseServer(i int) {
+	f.Ctl = f.servers[i].host
+	f.Admin = api.NewClient("http://127.0.0.1:7070", f.Secret, &http.Client{Transport: &http.Transport{DialContext: f.Ctl.dialer()}})
+}
+
+// startServer runs a berth server on its host: plain HTTP on the host's
+// loopback for the test, TLS on the fabric for the agents; with several
+// servers, an etcd member each.
+func (f *Fleet) startServer(srv *server) {
 	t := f.t
-	data := filepath.Join(f.dir, "server")
-	f.serverLog = &uptest.Buffer{}
-	f.server = f.Ctl.NS.Cmd(f.berth, "server", "--data-dir", data, "--listen", "127.0.0.1:7070",
-		"--tls-listen", f.Ctl.Addr.String()+":7443", "--node-cert-ttl", f.cfg.CertTTL.String())
-	f.server.Stdout, f.server.Stderr = f.serverLog, f.serverLog
-	if err := f.server.Start(); err != nil {
+	addr := srv.host.Addr.String()
+	args := []string{f.berth, "server", "--data-dir", srv.data, "--listen", "127.0.0.1:7070", "--admin-token", f.Secret,
+		"--tls-listen", addr + ":7443", "--node-cert-ttl", f.cfg.CertTTL.String()}
+	if len(f.servers) > 1 {
+		var members []string
+		for _, o := range f.servers {
+			members = append(members, o.name+"=http://"+o.host.Addr.String()+":2380")
+		}
+		args = append(args, "--etcd-name", srv.name, "--etcd-listen", "http://"+addr+":2379",
+			"--etcd-peer-listen", "http://"+addr+":2380", "--etcd-initial-cluster", strings.Join(members, ","))
+	}
+	srv.log = &uptest.Buffer{}
+	srv.cmd = srv.host.NS.Cmd(args...)
+	srv.cmd.Stdout, srv.cmd.Stderr = srv.log, srv.log
+	if err := srv.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	f.serverDone = make(chan error, 1)
-	go func() { f.serverDone <- f.server.Wait() }()
+	srv.done = make(chan error, 1)
+	cmd, done, log := srv.cmd, srv.done, srv.log
+	go func() { done <- cmd.Wait() }()
 	t.Cleanup(func() {
-		f.server.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-f.serverDone:
-		case <-time.After(15 * time.Second):
-			f.server.Process.Kill()
+		if cmd.ProcessState == nil {
+			cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-done:
+			case <-time.After(15 * time.Second):
+				cmd.Process.Kill()
+			}
 		}
 		if t.Failed() {
-			t.Logf("berth server's log:\n%s", f.serverLog.String())
+			t.Logf("berth server %s's log:\n%s", srv.name, log.String())
 		}
 	})
-	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+}
+
+// waitServer waits until srv answers on its host's loopback.
+func (f *Fleet) waitServer(srv *server) {
+	c := api.NewClient("http://127.0.0.1:7070", f.Secret, &http.Client{Transport: &http.Transport{DialContext: srv.host.dialer()}})
+	Poll(f.t, "berth server "+srv.name+" to answer", 60*time.Second, func() error {
+		_, err := api.ListOf[*api.Node](context.Background(), c, "", "")
+		return err
+	})
+}
+
+// joinURL lists every server's TLS API, the preferred one first: agents
+// use the first that answers.
+func (f *Fleet) joinURL() string {
+	var us []string
+	for i := range f.servers {
+		srv := f.servers[(f.prefer+i)%len(f.servers)]
+		us = append(us, "https://"+srv.host.Addr.String()+":7443")
+	}
+	return strings.Join(us, ",")
+}
+
+// PreferServer makes agents started from now on use server i first.
+func (f *Fleet) PreferServer(i int) { f.prefer = i }
+
+// dialer dials from inside h's network namespace.
+func (h *Host) dialer() func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var c net.Conn
-		err := f.Ctl.NS.Do(func() (err error) {
-			var d net.Dialer
+		err := h.NS.Do(func() (err error) {
+			d := net.Dialer{Timeout: 2 * time.Second}
 			c, err = d.DialContext(ctx, network, addr)
 			return err
 		})
 		return c, err
-	}}}
-	Poll(t, "berth server's admin token", 60*time.Second, func() error {
-		b, err := os.ReadFile(filepath.Join(data, "admin-token"))
-		f.Secret = strings.TrimSpace(string(b))
-		return err
-	})
-	f.Admin = api.NewClient("http://127.0.0.1:7070", f.Secret, hc)
-	Poll(t, "berth server to answer", 60*time.Second, func() error {
-		_, err := api.ListOf[*api.Node](context.Background(), f.Admin, "", "")
-		return err
-	})
+	}
+}
+
+func randomHex(n int) (string, error) {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(b), nil
 }
 
 // StartAgent runs berth agent on h; join gives it the join token (a
@@ -255,7 +353,7 @@ func (f *Fleet) startServer() {
 func (f *Fleet) StartAgent(h *Host, join bool) {
 	t := f.t
 	args := []string{"--target", strconv.Itoa(h.hold.Process.Pid), "--mount", "--net", "--", f.berth, "agent",
-		"--join", "https://" + f.Ctl.Addr.String() + ":7443", "--data-dir", h.Data, "--node-name", h.Name,
+		"--join", f.joinURL(), "--data-dir", h.Data, "--node-name", h.Name,
 		"--address", h.Addr.String(), "--label", "zone=" + h.Name}
 	if join {
 		tf := filepath.Join(f.dir, "join-token")
@@ -451,15 +549,6 @@ func (f *Fleet) NodeClient(h *Host) (*api.Client, error) {
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(ca)
-	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{kp}},
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			var c net.Conn
-			err := h.NS.Do(func() (err error) {
-				var d net.Dialer
-				c, err = d.DialContext(ctx, network, addr)
-				return err
-			})
-			return c, err
-		}}
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{kp}}, DialContext: h.dialer()}
 	return api.NewClient("https://"+f.Ctl.Addr.String()+":7443", "", &http.Client{Transport: tr, Timeout: 5 * time.Second}), nil
 }
