@@ -364,7 +364,7 @@ type nodeCreds struct {
 	// hosts are the servers' host:port, base's first.
 	hosts []string
 	addrs []netip.Addr
-	log             *slog.Logger
+	log   *slog.Logger
 
 	mu sync.Mutex
 	// cert, ca and rt are guarded by mu.
