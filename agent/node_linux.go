@@ -244,7 +244,7 @@ func (n *Node) handoffLoop(ctx context.Context) {
 		if leaving == 0 {
 			continue
 		}
-		fab, err := n.cfg.Client.Fabric(ctx, n.cfg.Name)
+		fab, err := n.cfg.Client.Fabric(ctx, n.cfg.Name, 0)
 		if err != nil {
 			if ctx.Err() == nil {
 				n.log.Warn("hand over instances: read where they are", "err", err)

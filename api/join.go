@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -140,10 +141,16 @@ type FabricEndpoint struct {
 	Stopped bool `json:"stopped,omitempty"`
 }
 
-// Fabric reads the fabric as node sees it.
-func (c *Client) Fabric(ctx context.Context, node string) (Fabric, error) {
+// Fabric reads the fabric as node sees it. With since > 0 the server
+// answers once it knows a fabric newer than that revision (or after about
+// half a minute with the one it has): a long poll.
+func (c *Client) Fabric(ctx context.Context, node string, since int64) (Fabric, error) {
 	var out Fabric
-	err := c.do(ctx, http.MethodGet, "/v1/nodes/"+url.PathEscape(node)+"/fabric", nil, nil, &out)
+	var q url.Values
+	if since > 0 {
+		q = url.Values{"since": {strconv.FormatInt(since, 10)}}
+	}
+	err := c.do(ctx, http.MethodGet, "/v1/nodes/"+url.PathEscape(node)+"/fabric", q, nil, &out)
 	return out, err
 }
 

@@ -52,7 +52,19 @@ type Server struct {
 	agents map[string]*http.Transport
 	// self makes the server's own certificates from cfg.CA.
 	self *selfCerts
+	// base lives as long as the server: what its background work runs in.
+	base context.Context
+	// fabric is the nodes' view of each other, followed once asked for.
+	fabric *fabricCache
+	// draining is closed when the HTTP server starts shutting down: long
+	// polls answer at once rather than hold the shutdown.
+	draining  chan struct{}
+	drainOnce sync.Once
 }
+
+// Drain makes long polls answer at once: call it when the HTTP server
+// starts shutting down (http.Server.RegisterOnShutdown).
+func (s *Server) Drain() { s.drainOnce.Do(func() { close(s.draining) }) }
 
 // NewServer returns the API handler.
 func NewServer(cfg Config) *Server {
@@ -66,7 +78,8 @@ func NewServer(cfg Config) *Server {
 	s := &Server{cfg: cfg, st: cfg.Store, leases: map[string]clientv3.LeaseID{}, cancel: cancel,
 		keep: newKeeper(ctx, cfg.Store.Client(), cfg.Now),
 		auth: &authenticator{store: cfg.Store, now: cfg.Now, cache: map[string]cachedPrincipal{}},
-		self: &selfCerts{ca: cfg.CA, now: cfg.Now, rnd: cfg.Rand}}
+		self: &selfCerts{ca: cfg.CA, now: cfg.Now, rnd: cfg.Rand},
+		base: ctx, fabric: newFabricCache(cfg.Store, cfg.Log), draining: make(chan struct{})}
 	m := http.NewServeMux()
 	m.HandleFunc("GET /v1/{kind}", s.handleList)
 	m.HandleFunc("POST /v1/{kind}", s.handleCreate)

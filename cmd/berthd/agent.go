@@ -183,7 +183,7 @@ func runAgent(ctx context.Context, log *slog.Logger, cfg agentConfig) error {
 			if !cfg.net.enabled() {
 				return nil, "none", func() error { return nil }, nil
 			}
-			fabric = &fleetFabric{cli: client, node: cfg.node, log: log, kick: make(chan struct{}, 1)}
+			fabric = &fleetFabric{cli: client, node: cfg.node, log: log}
 			un, err := openNetwork(ctx, log, cfg.dataDir, cfg.node, cfg.net, nil, client, fabric.routes)
 			if err != nil {
 				return nil, "", nil, err
@@ -253,7 +253,6 @@ type fleetFabric struct {
 	node string
 	log  *slog.Logger
 	un   *upNetworker
-	kick chan struct{}
 
 	mu sync.Mutex
 	// foreign routes the other nodes' blocks; guarded by mu.
@@ -261,30 +260,28 @@ type fleetFabric struct {
 	remote  []policy.Endpoint
 }
 
-// fabricPoll is how often the fabric is read: the bound on how long a new
-// container elsewhere is unreachable from this node.
-const fabricPoll = 500 * time.Millisecond
-
+// loop follows the fabric by long polls: each asks for a fabric newer
+// than the last, so a change elsewhere reaches this node's routes and
+// policy as soon as the control plane hears of it.
 func (f *fleetFabric) loop(ctx context.Context) {
-	t := time.NewTicker(fabricPoll)
-	defer t.Stop()
-	for {
-		if err := f.refresh(ctx); err != nil && ctx.Err() == nil {
-			f.log.Warn("read the fabric", "err", err)
+	var since int64
+	for ctx.Err() == nil {
+		fab, err := f.cli.Fabric(ctx, f.node, since)
+		if err == nil {
+			since = fab.Revision
+			err = f.apply(fab)
 		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
+		if err != nil && ctx.Err() == nil {
+			f.log.Warn("follow the fabric", "err", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
 		}
 	}
 }
 
-func (f *fleetFabric) refresh(ctx context.Context) error {
-	fab, err := f.cli.Fabric(ctx, f.node)
-	if err != nil {
-		return err
-	}
+func (f *fleetFabric) apply(fab api.Fabric) error {
 	foreign, remote, err := fabricView(fab, f.node)
 	if err != nil {
 		return err

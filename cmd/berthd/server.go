@@ -230,6 +230,10 @@ func serveAPI(ctx context.Context, handler http.Handler, ln net.Listener) error 
 	mux.Handle("/", console.Handler())
 	srv := &http.Server{Handler: mux,
 		ReadHeaderTimeout: 10 * time.Second, TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12}}
+	if d, ok := handler.(interface{ Drain() }); ok {
+		// Long polls answer rather than hold the shutdown.
+		srv.RegisterOnShutdown(d.Drain)
+	}
 	// Cleartext HTTP/2 as well as HTTP/1.1: an agent's watch and its
 	// reports can share one connection.
 	srv.Protocols = &http.Protocols{}

@@ -468,6 +468,8 @@ type upNetworker struct {
 	store *blockStore
 	// routes turns the node's own block routes into the whole table.
 	routes func(own map[netip.Prefix]netip.Addr) map[netip.Prefix]netip.Addr
+	// syncMu serialises route syncs: the route loop's and the fabric's.
+	syncMu sync.Mutex
 	kick   chan struct{}
 	done   chan struct{}
 	loop   sync.WaitGroup
@@ -523,6 +525,8 @@ func openNetwork(ctx context.Context, log *slog.Logger, dataDir, node string, n 
 }
 
 func (u *upNetworker) syncRoutes() error {
+	u.syncMu.Lock()
+	defer u.syncMu.Unlock()
 	st, err := u.store.local.Load()
 	if err != nil {
 		return err
