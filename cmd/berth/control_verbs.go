@@ -103,6 +103,7 @@ func newServiceCmd() *cobra.Command {
 	var constraints []string
 	var tf templateFlags
 	var format string
+	var grace time.Duration
 	create := &cobra.Command{
 		Use:   "create NAME [-- COMMAND...]",
 		Short: "Create a service",
@@ -115,6 +116,10 @@ func newServiceCmd() *cobra.Command {
 			}
 			for _, c := range constraints {
 				s.Spec.Template.Constraints = append(s.Spec.Template.Constraints, parseConstraint(c))
+			}
+			if cmd.Flags().Changed("stop-grace-period") {
+				d := api.Duration(grace)
+				s.Spec.Template.StopGracePeriod = &d
 			}
 			if err := af.client().Create(cmd.Context(), s); err != nil {
 				return err
@@ -132,6 +137,7 @@ func newServiceCmd() *cobra.Command {
 	cf.StringVar(&restart, "restart", "always", "restart policy: always, on-failure, never")
 	tf.add(cf)
 	cf.StringArrayVar(&constraints, "constraint", nil, "placement constraint: key==value, key!=value or key")
+	cf.DurationVar(&grace, "stop-grace-period", api.DefaultStopGracePeriod, "how long an instance keeps serving after it leaves the endpoints (scale-in, update, drain) before it is signalled")
 
 	list := &cobra.Command{
 		Use:   "ls",
@@ -211,6 +217,9 @@ func newServiceCmd() *cobra.Command {
 				phase := in.Status.Phase
 				if in.Status.CrashLoop {
 					phase += " (crash loop)"
+				}
+				if !in.Spec.StopAt.IsZero() {
+					phase += " (retiring)"
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", in.Name, in.Spec.Node, phase, in.Status.Health, in.Status.Restarts, ip, in.Status.Reason)
 			}

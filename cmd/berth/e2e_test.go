@@ -363,7 +363,12 @@ func TestEndToEnd(t *testing.T) {
 		}
 	}
 	a, b := e.admin.WithToken(tokA.Secret), e.admin.WithToken(tokB.Secret)
-	e.cli(tokA.Secret, "service", "--tenant", "a", "create", "web", "--image", "web", "--replicas", "3")
+	e.cli(tokA.Secret, "service", "--tenant", "a", "create", "web", "--image", "web", "--replicas", "3", "--stop-grace-period", "1500ms")
+	var created api.Service
+	if err := json.Unmarshal([]byte(e.cli(tokA.Secret, "service", "--tenant", "a", "inspect", "web")), &created); err != nil ||
+		created.Spec.Template.GracePeriod() != 1500*time.Millisecond {
+		t.Fatalf("service create --stop-grace-period 1500ms: %v, grace %v", err, created.Spec.Template.GracePeriod())
+	}
 	var webs map[string]web
 
 	if !t.Run("each web instance answers by its own IP from the host and from a container", func(t *testing.T) {
