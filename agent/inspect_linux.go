@@ -234,23 +234,12 @@ func (a *Agent) LogEntries(ctx context.Context, ref string, opt LogOptions, fn f
 		}
 		return nil
 	}
-	done := func() bool {
-		if exited == nil {
-			return true
-		}
-		select {
-		case <-exited:
-			return true
-		default:
-			return false
-		}
-	}
 	return followLog(ctx, a.logDir(id), f, off, asm, func(e LogEntry) error {
 		if !opt.Since.IsZero() && e.Time.Before(opt.Since) {
 			return nil
 		}
 		return fn(e)
-	}, done)
+	}, exited)
 }
 
 // rawLogs serves a NoInit container's log, which has no timestamps.

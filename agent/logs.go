@@ -167,9 +167,11 @@ func readRecords(r io.Reader, asm *logAssembler, fn func(LogEntry)) (int64, erro
 }
 
 // followLog streams what is appended to the current log file, across
-// rotations, until ctx ends or done reports the container gone and
-// everything it wrote is read.
-func followLog(ctx context.Context, dir string, f *os.File, off int64, asm *logAssembler, fn func(LogEntry) error, done func() bool) error {
+// rotations, until ctx ends or the container has exited (exited closed,
+// or nil: gone already) and everything it wrote is read. The exit wakes
+// it at once, so that a follower ends with the container rather than at
+// its next poll.
+func followLog(ctx context.Context, dir string, f *os.File, off int64, asm *logAssembler, fn func(LogEntry) error, exited <-chan struct{}) error {
 	path := filepath.Join(dir, logFile)
 	var ferr error
 	emit := func(e LogEntry) {
@@ -185,7 +187,14 @@ func followLog(ctx context.Context, dir string, f *os.File, off int64, asm *logA
 		}
 	}()
 	for {
-		finished := done()
+		finished := exited == nil
+		if !finished {
+			select {
+			case <-exited:
+				finished = true
+			default:
+			}
+		}
 		if f != nil {
 			if _, err := f.Seek(off, io.SeekStart); err != nil {
 				return err
@@ -226,6 +235,7 @@ func followLog(ctx context.Context, dir string, f *os.File, off int64, asm *logA
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
+		case <-exited:
 		}
 	}
 }
