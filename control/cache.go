@@ -7,6 +7,7 @@ import (
 
 	"github.com/berth-dev/berth/api"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/metadata"
 )
 
 // state is the leader's picture of the cluster: a mirror of the store fed by
@@ -72,8 +73,14 @@ func (st *Store) load(ctx context.Context) (*state, *mirror, error) {
 	s.seen = rev
 	wctx, cancel := context.WithCancel(ctx)
 	m := &mirror{st: st, events: make(chan clientv3.WatchResponse, 64), cancel: cancel}
+	// The etcd client carries every watch of the same metadata over one
+	// gRPC stream, and etcd buffers 128 responses a stream: sharing the
+	// API's stream, which carries a watch per node agent, made the leader
+	// a slow watcher whenever a placement reached many agents at once, and
+	// it saw its own writes late. Its own metadata gives it its own stream.
+	sctx := metadata.AppendToOutgoingContext(clientv3.WithRequireLeader(wctx), "berth-watch", "leader")
 	for _, p := range st.watched() {
-		wch := st.c.Watch(clientv3.WithRequireLeader(wctx), p, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+		wch := st.c.Watch(sctx, p, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
 		go func() {
 			for resp := range wch {
 				select {
@@ -110,8 +117,10 @@ func (s *state) applyResponse(st *Store, resp clientv3.WatchResponse) error {
 	return nil
 }
 
-// apply folds one key's change into s. An event older than what s holds
-// (the loop's own write got there first) is ignored.
+// apply folds one key's change into s. An event no newer than what s holds
+// (the loop's own write got there first) is ignored: a key's version is
+// its mod revision, so the echo of the loop's own write need not be
+// decoded again.
 func (s *state) apply(st *Store, del bool, key, value []byte, rev int64) error {
 	k := string(key)
 	if n, ok := strings.CutPrefix(k, st.AlivePrefix()); ok {
@@ -150,7 +159,7 @@ func (s *state) apply(st *Store, del bool, key, value []byte, rev int64) error {
 				cur = v
 			}
 		}
-		if cur != nil && cur.GetMeta().ResourceVersion > rev {
+		if cur != nil && (cur.GetMeta().ResourceVersion > rev || !del && cur.GetMeta().ResourceVersion == rev) {
 			return nil
 		}
 		if del {

@@ -141,11 +141,26 @@ func (l *Loop) follow(ctx context.Context, m *mirror) error {
 	tick := time.NewTicker(l.cfg.Tick)
 	defer tick.Stop()
 	for {
+		began := l.cfg.Now()
 		if err := l.Cycle(ctx); err != nil && ctx.Err() == nil {
 			if api.IsConflict(err) {
 				l.cfg.Log.Debug("control cycle", "err", err)
 			} else {
 				l.cfg.Log.Warn("control cycle", "err", err)
+			}
+		}
+		// A cycle over a fleet's instances takes a while, and while agents
+		// report, a change is always waiting: back to back, cycles would
+		// take a core from the API and etcd that serve those reports. A
+		// rest as long as the cycle (at most a tick) caps the loop at about
+		// half a core and adds at most one cycle's time to a reaction.
+		if rest := min(l.cfg.Now().Sub(began), l.cfg.Tick); rest > time.Millisecond {
+			changed, err := l.rest(ctx, m, rest)
+			if err != nil {
+				return err
+			}
+			if changed {
+				continue
 			}
 		}
 		select {
@@ -168,6 +183,27 @@ func (l *Loop) follow(ctx context.Context, m *mirror) error {
 				}
 			}
 		case <-tick.C:
+		}
+	}
+}
+
+// rest waits d, folding in the changes that arrive meanwhile, and reports
+// whether any did.
+func (l *Loop) rest(ctx context.Context, m *mirror, d time.Duration) (bool, error) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	changed := false
+	for {
+		select {
+		case <-ctx.Done():
+			return changed, ctx.Err()
+		case resp := <-m.events:
+			if err := l.s.applyResponse(l.st, resp); err != nil {
+				return changed, err
+			}
+			changed = true
+		case <-t.C:
+			return changed, nil
 		}
 	}
 }
@@ -268,11 +304,19 @@ func (l *Loop) writeInstances(ctx context.Context, what string, prev, next []*ap
 // lost and returned to the scheduler; those of a draining node are moved.
 func (l *Loop) nodes(ctx context.Context) error {
 	s := l.s
+	// Only the instances of lost and draining nodes are acted on, and
+	// most cycles there are none: gathering every node's instances each
+	// cycle cost more than the rest of the cycle at fleet scale.
 	byNode := map[string][]*api.Instance{}
 	for _, in := range s.instances {
-		if in.Spec.Node != "" {
-			byNode[in.Spec.Node] = append(byNode[in.Spec.Node], in)
+		name := in.Spec.Node
+		if name == "" {
+			continue
 		}
+		if n, known := s.nodes[name]; known && s.alive[name] && !n.Spec.Drain {
+			continue
+		}
+		byNode[name] = append(byNode[name], in)
 	}
 	var conflict error
 	for _, name := range slices.Sorted(maps.Keys(byNode)) {
@@ -379,18 +423,28 @@ func nodePhase(n *api.Node, alive, busy bool) string {
 // signals it.
 func (l *Loop) services(ctx context.Context, now time.Time) error {
 	s := l.s
-	owned := map[string][]*api.Instance{}
-	var orphans []api.Object
+	// Keyed by tenant and name apart, not by their "tenant/name": joining
+	// them for each of a fleet's instances each cycle was a string
+	// allocated per instance per cycle.
+	type svcKey struct{ tenant, name string }
+	bySvc := map[svcKey][]*api.Instance{}
 	for _, in := range s.instances {
-		if in.Spec.Service == "" {
+		if in.Spec.Service != "" {
+			k := svcKey{in.Tenant, in.Spec.Service}
+			bySvc[k] = append(bySvc[k], in)
+		}
+	}
+	owned := make(map[string][]*api.Instance, len(bySvc))
+	var orphans []api.Object
+	for k, ins := range bySvc {
+		name := k.tenant + "/" + k.name
+		if _, ok := s.services[name]; !ok {
+			for _, in := range ins {
+				orphans = append(orphans, in)
+			}
 			continue
 		}
-		k := in.Tenant + "/" + in.Spec.Service
-		if _, ok := s.services[k]; !ok {
-			orphans = append(orphans, in)
-			continue
-		}
-		owned[k] = append(owned[k], in)
+		owned[name] = ins
 	}
 	if err := l.deleteAll(ctx, "delete instances of deleted services", orphans); err != nil {
 		return err
@@ -501,9 +555,15 @@ func (l *Loop) deleteAll(ctx context.Context, what string, objs []api.Object) er
 // health restarts exited or unhealthy instances per their policy, and
 // marks and clears crash loops.
 func (l *Loop) health(ctx context.Context, now time.Time) error {
-	var prev, next []*api.Instance
-	for _, k := range slices.Sorted(maps.Keys(l.s.instances)) {
-		in := l.s.instances[k]
+	// Sorting only the few instances acted on, not the whole mirror: at a
+	// hundred thousand instances a sort of every key each cycle was most
+	// of the cycle.
+	type acting struct {
+		in  *api.Instance
+		act reconcile.HealthAction
+	}
+	var acted []acting
+	for _, in := range l.s.instances {
 		act, ok := reconcile.Health(in, now)
 		if !ok && in.Status.CrashLoop && in.Status.Phase == api.PhaseRunning && in.Status.Health != api.HealthUnhealthy &&
 			now.Sub(in.Status.StartedAt) >= reconcile.QuickRunCeiling {
@@ -513,6 +573,12 @@ func (l *Loop) health(ctx context.Context, now time.Time) error {
 		if !ok || !act.Restart && act.CrashLoop == in.Status.CrashLoop {
 			continue
 		}
+		acted = append(acted, acting{in, act})
+	}
+	sort.Slice(acted, func(i, j int) bool { return key(&acted[i].in.Meta) < key(&acted[j].in.Meta) })
+	var prev, next []*api.Instance
+	for _, a := range acted {
+		in, act := a.in, a.act
 		c := copyInstance(in)
 		c.Status.CrashLoop = act.CrashLoop
 		if act.Restart {
@@ -524,11 +590,12 @@ func (l *Loop) health(ctx context.Context, now time.Time) error {
 		return err
 	}
 	var done []api.Object
-	for _, k := range slices.Sorted(maps.Keys(l.s.instances)) {
-		if in := l.s.instances[k]; reconcile.Removable(in) {
+	for _, in := range l.s.instances {
+		if reconcile.Removable(in) {
 			done = append(done, in)
 		}
 	}
+	sort.Slice(done, func(i, j int) bool { return key(done[i].GetMeta()) < key(done[j].GetMeta()) })
 	if err := l.deleteAll(ctx, "remove exited instances", done); err != nil {
 		return err
 	}
@@ -541,10 +608,7 @@ func (l *Loop) health(ctx context.Context, now time.Time) error {
 	return nil
 }
 
-// schedule places pending instances in batches. Each transaction compares
-// and bumps the allocation key of every node it places on, so a node's
-// free resources, as this loop computed them, are still true when the
-// placement lands: two schedulers racing never over-commit a node.
+// schedule places pending instances in batches (see place).
 func (l *Loop) schedule(ctx context.Context) error {
 	s := l.s
 	var pending []*api.Instance
@@ -569,36 +633,12 @@ func (l *Loop) schedule(ctx context.Context) error {
 		return key(&pending[i].Meta) < key(&pending[j].Meta)
 	})
 	table := l.table()
-	b := max(l.cfg.Batch, 1)
-	var prev, next []*api.Instance
-	touched := map[string]bool{}
-	flush := func() error {
-		if len(next) == 0 {
-			return nil
-		}
-		var cmps []clientv3.Cmp
-		var ops []clientv3.Op
-		for i := range next {
-			cmps, ops = l.instanceWrite(cmps, ops, prev[i], next[i])
-		}
-		for n := range touched {
-			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(l.st.AllocKey(n)), "=", s.alloc[n]))
-			ops = append(ops, clientv3.OpPut(l.st.AllocKey(n), ""))
-		}
-		rev, err := l.txn(ctx, "place instances", cmps, ops)
-		if err != nil {
-			return err
-		}
-		for _, in := range next {
-			in.ResourceVersion = rev
-			s.instances[key(&in.Meta)] = in
-		}
-		for n := range touched {
-			s.alloc[n] = rev
-		}
-		prev, next, touched = nil, nil, map[string]bool{}
-		return nil
-	}
+	// Every placement is decided first, then written grouped by node: a
+	// batch then lands on a few nodes' watches, many instances each, rather
+	// than one instance on each of a thousand (a thousand watch responses
+	// per transaction, more than etcd buffers for a stream), and compares
+	// and bumps a few allocation keys rather than a thousand.
+	var placed []placement
 	var unplaced, unprev []*api.Instance
 	for _, in := range pending {
 		was := in
@@ -617,22 +657,142 @@ func (l *Loop) schedule(ctx context.Context) error {
 		}
 		l.start = (i + 1) % len(table.Nodes)
 		table.Assign(i, r)
-		node := table.Nodes[i].Name
 		c := copyInstance(in)
-		c.Spec.Node = node
+		c.Spec.Node = table.Nodes[i].Name
 		c.Status = api.InstanceStatus{Phase: api.PhasePlaced, Restarts: in.Status.Restarts, CrashLoop: in.Status.CrashLoop}
-		prev, next = append(prev, was), append(next, c)
-		touched[node] = true
-		if len(next) >= b {
-			if err := flush(); err != nil {
-				return err
-			}
-		}
+		placed = append(placed, placement{prev: was, next: c, node: i})
 	}
-	if err := flush(); err != nil {
+	// Stable, so a node's instances keep their order of creation.
+	sort.SliceStable(placed, func(i, j int) bool { return placed[i].node < placed[j].node })
+	if err := l.placeAll(ctx, batches(placed, max(l.cfg.Batch, 1))); err != nil {
 		return err
 	}
 	return l.writeInstances(ctx, "record unschedulable instances", unprev, unplaced)
+}
+
+// placement is one decision of the scheduler: next replaces prev (nil for
+// a fresh instance) on the node at index node of the table.
+type placement struct {
+	prev, next *api.Instance
+	node       int
+}
+
+// batches cuts placements sorted by node into batches of at most size,
+// each ending where a node's placements end unless one node has more than
+// a batch holds: batches that share no node may be written at once.
+func batches(placed []placement, size int) [][]placement {
+	var out [][]placement
+	for len(placed) > 0 {
+		n := min(size, len(placed))
+		if n < len(placed) && placed[n].node == placed[n-1].node {
+			// Cut before the node that overflows, unless it fills the batch.
+			first := n - 1
+			for first > 0 && placed[first-1].node == placed[n].node {
+				first--
+			}
+			if first > 0 {
+				n = first
+			}
+		}
+		out = append(out, placed[:n])
+		placed = placed[n:]
+	}
+	return out
+}
+
+// placeInFlight bounds the placement transactions written at once: etcd
+// applies them one after another, but decoding, proposing and logging the
+// next overlaps applying the last.
+const placeInFlight = 4
+
+// placeAll writes batches of placements, a few at a time. A batch that
+// places on a node a batch in flight places on waits for it: it compares
+// the node's allocation key as that one leaves it.
+func (l *Loop) placeAll(ctx context.Context, all [][]placement) error {
+	type result struct {
+		batch []placement
+		rev   int64
+		err   error
+	}
+	results := make(chan result, len(all))
+	busy := map[string]int{} // node → batches in flight that place on it
+	inFlight := 0
+	var firstErr error
+	land := func() {
+		r := <-results
+		inFlight--
+		for _, p := range r.batch {
+			busy[p.next.Spec.Node]--
+		}
+		if err := l.placed(r.batch, r.rev, r.err); err != nil && firstErr == nil {
+			firstErr = err
+		}
+	}
+	for _, batch := range all {
+		for inFlight > 0 && (inFlight >= placeInFlight || shares(batch, busy)) {
+			land()
+		}
+		if firstErr != nil {
+			break
+		}
+		// Conditions read the mirror, so they are built here, by the loop's
+		// own goroutine; only the transaction runs apart.
+		cmps, ops := l.placeOps(batch)
+		for _, p := range batch {
+			busy[p.next.Spec.Node]++
+		}
+		inFlight++
+		go func() {
+			rev, err := l.txn(ctx, "place instances", cmps, ops)
+			results <- result{batch, rev, err}
+		}()
+	}
+	for inFlight > 0 {
+		land()
+	}
+	return firstErr
+}
+
+// shares reports whether batch places on a node in busy.
+func shares(batch []placement, busy map[string]int) bool {
+	for _, p := range batch {
+		if busy[p.next.Spec.Node] > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// placeOps are the conditions and operations of one batch. The transaction
+// compares and bumps the allocation key of every node it places on, so a
+// node's free resources, as this loop computed them, are still true when
+// the placements land: two schedulers racing never over-commit a node.
+func (l *Loop) placeOps(batch []placement) ([]clientv3.Cmp, []clientv3.Op) {
+	var cmps []clientv3.Cmp
+	var ops []clientv3.Op
+	touched := map[string]bool{}
+	for _, p := range batch {
+		cmps, ops = l.instanceWrite(cmps, ops, p.prev, p.next)
+		touched[p.next.Spec.Node] = true
+	}
+	for _, n := range slices.Sorted(maps.Keys(touched)) {
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(l.st.AllocKey(n)), "=", l.s.alloc[n]))
+		ops = append(ops, clientv3.OpPut(l.st.AllocKey(n), ""))
+	}
+	return cmps, ops
+}
+
+// placed records a written batch in the mirror.
+func (l *Loop) placed(batch []placement, rev int64, err error) error {
+	if err != nil {
+		return err
+	}
+	for _, p := range batch {
+		p.next.ResourceVersion = rev
+		l.s.instances[key(&p.next.Meta)] = p.next
+		l.s.alloc[p.next.Spec.Node] = rev
+	}
+	return nil
 }
 
 // table builds the scheduler's node table from the mirror.

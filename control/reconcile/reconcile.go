@@ -136,8 +136,10 @@ func Service(svc *api.Service, instances []*api.Instance, draining map[string]bo
 			extra = append(extra, in)
 		}
 	}
-	sortSurplus(extra, nil)
 	if n := len(cur) - want; n > 0 {
+		// Sorted only when some are surplus: a service of a hundred
+		// thousand instances would otherwise sort them all every cycle.
+		sortSurplus(extra, nil)
 		cand = append(cand, extra[:min(n, len(extra))]...)
 	}
 	oldSet := map[*api.Instance]bool{}

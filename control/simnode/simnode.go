@@ -46,7 +46,7 @@ type Node struct {
 // expires on its own).
 func (n *Node) Run(ctx context.Context) error {
 	n.running = map[string]int{}
-	lease, err := n.Client.Register(ctx, n.Name, n.Reg)
+	lease, err := n.register(ctx)
 	if err != nil {
 		return err
 	}
@@ -79,6 +79,28 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 }
 
+// register registers the node, trying again with back-off while the
+// control plane is unreachable or overloaded (a real agent does not give
+// up on a busy server); a refusal (4xx) is returned.
+func (n *Node) register(ctx context.Context) (api.Lease, error) {
+	wait := 100 * time.Millisecond
+	for {
+		lease, err := n.Client.Register(ctx, n.Name, n.Reg)
+		if n.Stats != nil {
+			n.Stats.Registrations.Add(1)
+		}
+		if err == nil || ctx.Err() != nil || api.Code(err) >= 400 && api.Code(err) < 500 {
+			return lease, err
+		}
+		select {
+		case <-ctx.Done():
+			return api.Lease{}, ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
+}
+
 // heartbeat renews the lease at a third of its TTL, registering again when
 // the control plane says the lease is gone (after a partition, say).
 func (n *Node) heartbeat(ctx context.Context, lease api.Lease) {
@@ -108,7 +130,7 @@ func (n *Node) heartbeat(ctx context.Context, lease api.Lease) {
 				}
 			}
 			if api.Code(err) == http.StatusGone {
-				if l, err := n.Client.Register(ctx, n.Name, n.Reg); err == nil {
+				if l, err := n.register(ctx); err == nil {
 					lease = l
 				}
 			}
