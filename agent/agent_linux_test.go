@@ -754,3 +754,47 @@ func TestContainerOutlivesAKilledAgent(t *testing.T) {
 		t.Fatalf("logs across the agent's death: %q", o)
 	}
 }
+
+// A stop sent the moment a container has started reaches its workload:
+// berth-init may still be replacing the runtime's init then, and a
+// namespace's init discards a signal it has no handler for. The exit code
+// tells: 143 is the workload ending on SIGTERM, 137 the kill after the
+// timeout.
+func TestStopRightAfterRunReachesTheWorkload(t *testing.T) {
+	e := newEnv(t)
+	ctx := ctxT(t)
+	a := e.agent(t)
+	for range 3 {
+		id, err := a.Run(ctx, ContainerSpec{Image: "busybox", Cmd: []string{"sleep", "1000"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Stop(ctx, id, 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		c, err := a.Inspect(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.State.ExitCode != 143 {
+			t.Fatalf("stop right after run: exit %d, want 143 (the workload's SIGTERM)", c.State.ExitCode)
+		}
+		if err := a.Remove(ctx, id, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestBlocksSignals(t *testing.T) {
+	for status, want := range map[string]bool{
+		"Name:\tberth-init\nSigBlk:\tfffffffffffbfeff\nSigIgn:\t0000000000001000\n": true,
+		"Name:\tberth-runtime\nSigBlk:\t0000000000000000\n":                         false,
+		"Name:\tx\nSigBlk:\t0000000000004000\n":                                     true, // SIGTERM alone
+		"Name:\tx\nSigBlk:\t0000000000000002\n":                                     false,
+		"Name:\tx\n":                                                                false,
+	} {
+		if got := blocksSignals(status); got != want {
+			t.Errorf("%q: %v, want %v", status, got, want)
+		}
+	}
+}

@@ -392,9 +392,44 @@ func (a *Agent) killLocked(ctx context.Context, c *container, sig syscall.Signal
 	c.meta.State.StoppedByUser = true
 	if sig == unix.SIGKILL {
 		c.killed = true
+	} else if !c.meta.Spec.NoInit {
+		awaitInit(c.meta.State.Pid)
 	}
 	_ = a.save(c)
 	return a.cfg.Runtime.Kill(ctx, c.meta.ID, sig, false)
+}
+
+// awaitInit waits, briefly, until berth-init runs as the container's PID
+// 1 and holds its signals. Just after start, PID 1 may still be replacing
+// itself with berth-init: exec resets its handlers, and a namespace's
+// init discards a signal it has no handler for, so a stop sent then would
+// be lost and wait out its whole timeout. berth-init blocks every signal
+// first thing; once it has, a signal waits for it.
+func awaitInit(pid int) {
+	if pid <= 0 {
+		return
+	}
+	for deadline := time.Now().Add(500 * time.Millisecond); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+		if err != nil {
+			return
+		}
+		if blocksSignals(string(b)) {
+			return
+		}
+	}
+}
+
+// blocksSignals reports whether a /proc/PID/status says the process
+// blocks SIGTERM.
+func blocksSignals(status string) bool {
+	for _, line := range strings.Split(status, "\n") {
+		if v, ok := strings.CutPrefix(line, "SigBlk:"); ok {
+			mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			return err == nil && mask&(1<<(uint(unix.SIGTERM)-1)) != 0
+		}
+	}
+	return false
 }
 
 // Stop asks the container to end with SIGTERM and kills it after timeout.

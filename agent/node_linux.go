@@ -63,6 +63,9 @@ type nodeInstance struct {
 	leaving bool
 	// readySince is when the instance was first seen ready elsewhere.
 	readySince time.Time
+	// gone is set while the handoff removes the container, and closed
+	// once it is removed: a new instance of the same name waits for it.
+	gone chan struct{}
 }
 
 // NewNode returns a node loop; Run serves it.
@@ -261,11 +264,14 @@ func (n *Node) handoffLoop(ctx context.Context) {
 }
 
 func (n *Node) handOver(ctx context.Context, where map[string]*api.FabricEndpoint, now time.Time) {
-	type removal struct{ key, id string }
+	type removal struct {
+		key string
+		ni  *nodeInstance
+	}
 	var remove []removal
 	n.mu.Lock()
 	for key, ni := range n.insts {
-		if !ni.leaving {
+		if !ni.leaving || ni.gone != nil {
 			continue
 		}
 		running := false
@@ -279,8 +285,8 @@ func (n *Node) handOver(ctx context.Context, where map[string]*api.FabricEndpoin
 		e := where[key]
 		switch DecideHandoff(e, n.cfg.Name, running, ni.readySince, now, grace) {
 		case HandoffRemove:
-			delete(n.insts, key)
-			remove = append(remove, removal{key, ni.id})
+			ni.gone = make(chan struct{})
+			remove = append(remove, removal{key, ni})
 		case HandoffWait:
 			if ni.readySince.IsZero() {
 				ni.readySince = now
@@ -300,13 +306,28 @@ func (n *Node) handOver(ctx context.Context, where map[string]*api.FabricEndpoin
 		go func() {
 			defer func() { <-sem; wg.Done() }()
 			n.log.Info("instance handed over", "instance", r.key)
-			if err := n.cfg.Agent.Stop(context.WithoutCancel(ctx), r.id, 10*time.Second); err != nil && !errors.Is(err, ErrNotFound) {
-				n.log.Warn("stop handed-over container", "id", r.id, "err", err)
+			n.stopAndRemove(ctx, r.ni.id)
+			n.mu.Lock()
+			if n.insts[r.key] == r.ni {
+				delete(n.insts, r.key)
 			}
-			n.removeContainer(ctx, r.id)
+			n.mu.Unlock()
+			close(r.ni.gone)
 		}()
 	}
 	wg.Wait()
+}
+
+// stopAndRemove stops a container the way a user's stop does (SIGTERM,
+// then SIGKILL), then removes it.
+func (n *Node) stopAndRemove(ctx context.Context, id string) {
+	if id == "" {
+		return
+	}
+	if err := n.cfg.Agent.Stop(context.WithoutCancel(ctx), id, 10*time.Second); err != nil && !errors.Is(err, ErrNotFound) {
+		n.log.Warn("stop container", "id", id, "err", err)
+	}
+	n.removeContainer(ctx, id)
 }
 
 func (n *Node) removeContainer(ctx context.Context, id string) {
@@ -322,6 +343,30 @@ func (n *Node) sync(ctx context.Context, in *api.Instance) {
 	key := in.Tenant + "/" + in.Name
 	n.mu.Lock()
 	ni := n.insts[key]
+	for ni != nil && ni.leaving {
+		if ni.gone != nil {
+			// Its container is on its way out: the name is free after.
+			gone := ni.gone
+			n.mu.Unlock()
+			<-gone
+			n.mu.Lock()
+			ni = n.insts[key]
+			continue
+		}
+		if ni.in != nil && ni.in.Created.Equal(in.Created) {
+			// The same instance came back (a move undone, a partition
+			// healed before it was placed elsewhere): keep its container.
+			break
+		}
+		// Deleted and made anew under the same name: the old container
+		// goes first, at once (the watch waits on it).
+		id := ni.id
+		delete(n.insts, key)
+		n.mu.Unlock()
+		n.removeContainer(ctx, id)
+		n.mu.Lock()
+		ni = n.insts[key]
+	}
 	if ni == nil {
 		ni = &nodeInstance{acted: -1}
 		n.insts[key] = ni

@@ -320,4 +320,37 @@ func TestNodeRunsAServiceThroughTheControlPlane(t *testing.T) {
 			return nil
 		})
 	}
+
+	// Deleted and at once made anew under the same name (docker rm -f;
+	// docker run --name): the old container goes first, the new runs.
+	solo := func(cmd ...string) *api.Instance {
+		return &api.Instance{Meta: api.Meta{Name: "solo", Tenant: "shop"}, Spec: api.InstanceSpec{Template: api.Template{
+			Image: "busybox", Command: cmd, Resources: api.Resources{CPU: 100, Memory: 64 << 20}}}}
+	}
+	if err := cp.admin.Create(ctx, solo("sleep", "1000")); err != nil {
+		t.Fatal(err)
+	}
+	var first Container
+	eventually(t, "solo running", func() error {
+		_, cs, err := running(ctx, cp, a, "shop", 1)
+		first = cs["solo"]
+		return err
+	})
+	if err := cp.admin.Delete(ctx, api.KindInstance, "shop", "solo", 0); err != nil {
+		t.Fatal(err)
+	}
+	// The same template: only the instance is new.
+	if err := cp.admin.Create(ctx, solo("sleep", "1000")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the new solo running in a new container", func() error {
+		_, cs, err := running(ctx, cp, a, "shop", 1)
+		if err != nil {
+			return err
+		}
+		if c := cs["solo"]; c.ID == first.ID {
+			return fmt.Errorf("the new instance runs in the deleted one's container %s", c.ID)
+		}
+		return nil
+	})
 }

@@ -338,6 +338,18 @@ int main(int argc, char **argv)
 
 	if (argc == 2 && strcmp(argv[1], "-U") == 0)
 		return holdUserns();
+	/* Every signal is blocked before anything else: as PID 1 of its
+	 * namespace, berth-init would have a SIGTERM without a handler
+	 * discarded, and a stop sent while it sets up would be lost (the
+	 * stopper then waits its whole timeout). Blocked, it stays pending
+	 * and is forwarded once the workload runs. A client or workload gone
+	 * mid-write must not signal anyone: SIGPIPE is ignored here (never
+	 * forwarded), and reset for the workload. */
+	sigset_t all, old;
+	sigfillset(&all);
+	sigdelset(&all, SIGPIPE);
+	sigprocmask(SIG_SETMASK, &all, &old);
+	signal(SIGPIPE, SIG_IGN);
 	while ((opt = getopt(argc, argv, "+l:s:n:u:g:G:D:ti")) != -1) {
 		switch (opt) {
 		case 'l': dir = optarg; break;
@@ -410,13 +422,6 @@ int main(int argc, char **argv)
 	/* Keep same-uid workloads from ptracing us or opening /proc/1/fd. */
 	prctl(PR_SET_DUMPABLE, 0);
 
-	/* A client or workload gone mid-write must not signal anyone: SIGPIPE
-	 * is ignored here (never forwarded), and reset for the workload. */
-	sigset_t all, old;
-	sigfillset(&all);
-	sigdelset(&all, SIGPIPE);
-	signal(SIGPIPE, SIG_IGN);
-	sigprocmask(SIG_SETMASK, &all, &old);
 	int sfd = signalfd(-1, &all, SFD_CLOEXEC | SFD_NONBLOCK);
 	if (sfd < 0)
 		die("signalfd");
