@@ -785,15 +785,15 @@ func TestStopRightAfterRunReachesTheWorkload(t *testing.T) {
 	}
 }
 
-func TestBlocksSignals(t *testing.T) {
+func TestInitReady(t *testing.T) {
 	for status, want := range map[string]bool{
-		"Name:\tberth-init\nSigBlk:\tfffffffffffbfeff\nSigIgn:\t0000000000001000\n": true,
-		"Name:\tberth-runtime\nSigBlk:\t0000000000000000\n":                         false,
-		"Name:\tx\nSigBlk:\t0000000000004000\n":                                     true, // SIGTERM alone
-		"Name:\tx\nSigBlk:\t0000000000000002\n":                                     false,
-		"Name:\tx\n":                                                                false,
+		"Name:\t.berth-init\nSigBlk:\tfffffffffffbfeff\nSigIgn:\t0000000000001000\n": true,
+		"Name:\t.berth-init\nSigBlk:\t0000000000000000\n":                            false, // just exec'd
+		"Name:\tberth-runtime\nSigBlk:\tfffffffffffbfeff\n":                          false, // the runtime's init, blocking for a moment
+		"Name:\t.berth-init\nSigBlk:\t0000000000004000\n":                            true,  // SIGTERM alone
+		"Name:\t.berth-init\n": false,
 	} {
-		if got := blocksSignals(status); got != want {
+		if got := initReady(status); got != want {
 			t.Errorf("%q: %v, want %v", status, got, want)
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -414,22 +415,28 @@ func awaitInit(pid int) {
 		if err != nil {
 			return
 		}
-		if blocksSignals(string(b)) {
+		if initReady(string(b)) {
 			return
 		}
 	}
 }
 
-// blocksSignals reports whether a /proc/PID/status says the process
-// blocks SIGTERM.
-func blocksSignals(status string) bool {
+// initReady reports whether a /proc/PID/status is berth-init's, holding
+// SIGTERM blocked. (Before its exec, PID 1 is the runtime's init, whose
+// Go runtime may block every signal for a moment on its own.)
+func initReady(status string) bool {
+	name, blocked := false, false
 	for _, line := range strings.Split(status, "\n") {
+		if v, ok := strings.CutPrefix(line, "Name:"); ok {
+			// The comm of what PID 1 runs: berth-init's name in the container.
+			name = strings.TrimSpace(v) == path.Base(initInContainer)
+		}
 		if v, ok := strings.CutPrefix(line, "SigBlk:"); ok {
 			mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
-			return err == nil && mask&(1<<(uint(unix.SIGTERM)-1)) != 0
+			blocked = err == nil && mask&(1<<(uint(unix.SIGTERM)-1)) != 0
 		}
 	}
-	return false
+	return name && blocked
 }
 
 // Stop asks the container to end with SIGTERM and kills it after timeout.
