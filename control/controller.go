@@ -38,6 +38,11 @@ type LoopConfig struct {
 	// Tick is how often the loop looks again without a change (back-offs
 	// and crash loops are functions of time); 250 ms unless set.
 	Tick time.Duration
+	// NodeGrace is how long a new leader waits before it takes a node
+	// whose lease is gone for lost (5 s unless set): while no control
+	// plane ran (a restart of the only server), leases lapse though the
+	// nodes live, and they need a moment to register again.
+	NodeGrace time.Duration
 }
 
 // RunLeader campaigns for leadership and, while leader, runs the scheduler
@@ -105,6 +110,8 @@ type Loop struct {
 
 	evLease    clientv3.LeaseID
 	evLeaseEnd time.Time
+	// began is when this loop started leading.
+	began time.Time
 }
 
 // NewLoop returns a loop whose writes all carry the fence conditions (the
@@ -114,12 +121,16 @@ func NewLoop(cfg LoopConfig, fence ...clientv3.Cmp) *Loop {
 	if cfg.Tick == 0 {
 		cfg.Tick = 250 * time.Millisecond
 	}
+	if cfg.NodeGrace == 0 {
+		cfg.NodeGrace = 5 * time.Second
+	}
 	return &Loop{cfg: cfg, st: cfg.Store, fence: fence}
 }
 
 // Run mirrors the store and runs a cycle after every burst of changes and
 // every tick, until ctx ends. A lost watch reloads the mirror.
 func (l *Loop) Run(ctx context.Context) error {
+	l.began = l.cfg.Now()
 	for ctx.Err() == nil {
 		s, m, err := l.st.load(ctx)
 		if err != nil {
@@ -319,9 +330,14 @@ func (l *Loop) nodes(ctx context.Context) error {
 		byNode[name] = append(byNode[name], in)
 	}
 	var conflict error
+	settling := l.cfg.Now().Sub(l.began) < l.cfg.NodeGrace
 	for _, name := range slices.Sorted(maps.Keys(byNode)) {
 		n, known := s.nodes[name]
 		alive := known && s.alive[name]
+		if known && !alive && settling {
+			// Not lost yet: it may have lapsed while no leader ran.
+			continue
+		}
 		if alive && !n.Spec.Drain {
 			continue
 		}

@@ -273,8 +273,9 @@ func TestFleet(t *testing.T) {
 	})
 	f.WaitNodes(3)
 
-	// Restarting the control plane stops no container: the agents carry
-	// on through it and report to the new one.
+	// Restarting the control plane stops no container and moves none,
+	// even when it is down longer than the nodes' leases: the agents
+	// carry on through it and register again with the new one.
 	beforeRestart := map[string]string{}
 	for _, h := range f.Hosts {
 		cs, err := h.Containers()
@@ -285,7 +286,7 @@ func TestFleet(t *testing.T) {
 			beforeRestart[name] = c.ID
 		}
 	}
-	f.RestartServer()
+	f.RestartServer(4 * time.Second)
 	f.WaitNodes(3)
 	fleettest.Poll(t, "the service serving through the restarted control plane", 60*time.Second, func() error {
 		_, err := f.Serving("web", 3, drained)

@@ -230,8 +230,8 @@ func (f *Fleet) hostBerth(args ...string) {
 }
 
 // RestartServer stops the first berth server (SIGTERM) and starts it
-// again on its data directory.
-func (f *Fleet) RestartServer() {
+// again on its data directory after down has passed.
+func (f *Fleet) RestartServer(down time.Duration) {
 	f.t.Helper()
 	srv := f.servers[0]
 	srv.cmd.Process.Signal(syscall.SIGTERM)
@@ -243,6 +243,7 @@ func (f *Fleet) RestartServer() {
 	case <-time.After(20 * time.Second):
 		f.t.Fatal("berth server did not stop on SIGTERM")
 	}
+	time.Sleep(down)
 	f.startServer(srv)
 	f.waitServer(srv)
 }
