@@ -31,7 +31,8 @@ func TestOCIBackend(t *testing.T) {
 	}
 	for name, bin := range bins {
 		t.Run(name, func(t *testing.T) {
-			o, err := NewOCI(bin, worldDir(t), nil)
+			root := worldDir(t)
+			o, err := NewOCI(bin, root, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -39,6 +40,13 @@ func TestOCIBackend(t *testing.T) {
 				list, _ := o.List(context.Background())
 				for _, s := range list {
 					_ = o.Delete(context.Background(), s.ID, true)
+				}
+				// berth-runtime keeps a sealed, mounted copy of itself
+				// under its root: unmounted, or the root stays behind.
+				if n, err := NewNative(root, nil); err == nil {
+					if err := n.ReleaseExecutables(); err != nil {
+						t.Errorf("release executables: %v", err)
+					}
 				}
 			})
 			exerciseOCI(t, o)
