@@ -104,8 +104,7 @@ type server struct {
 	host *Host
 	name string
 	data string
-	cmd  *exec.Cmd
-	done chan error
+	proc *proc
 	log  *uptest.Buffer
 }
 
@@ -117,9 +116,8 @@ type Host struct {
 	Port  string // its veth in the hub
 	Data  string
 	hold  *exec.Cmd
-	agent *exec.Cmd
+	agent *proc
 	log   *uptest.Buffer
-	done  chan error
 	probe *http.Client
 }
 
@@ -234,11 +232,11 @@ func (f *Fleet) hostBerth(args ...string) {
 func (f *Fleet) RestartServer(down time.Duration) {
 	f.t.Helper()
 	srv := f.servers[0]
-	srv.cmd.Process.Signal(syscall.SIGTERM)
+	srv.proc.cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case err := <-srv.done:
-		if err != nil {
-			f.t.Fatalf("berth server after SIGTERM: %v\n%s", err, srv.log.String())
+	case <-srv.proc.exited:
+		if srv.proc.err != nil {
+			f.t.Fatalf("berth server after SIGTERM: %v\n%s", srv.proc.err, srv.log.String())
 		}
 	case <-time.After(20 * time.Second):
 		f.t.Fatal("berth server did not stop on SIGTERM")
@@ -251,13 +249,12 @@ func (f *Fleet) RestartServer(down time.Duration) {
 // KillServer SIGKILLs berth server i (0-based) and its etcd member.
 func (f *Fleet) KillServer(i int) {
 	srv := f.servers[i]
-	srv.cmd.Process.Kill()
-	<-srv.done
+	srv.proc.kill()
 }
 
 // ServerPid is the pid of berth server i, which its leader identity
 // (host-pid) ends with.
-func (f *Fleet) ServerPid(i int) int { return f.servers[i].cmd.Process.Pid }
+func (f *Fleet) ServerPid(i int) int { return f.servers[i].proc.cmd.Process.Pid }
 
 // UseServer points Admin and CLI at berth server i.
 func (f *Fleet) UseServer(i int) {
@@ -282,27 +279,7 @@ func (f *Fleet) startServer(srv *server) {
 			"--etcd-peer-listen", "http://"+addr+":2380", "--etcd-initial-cluster", strings.Join(members, ","))
 	}
 	srv.log = &uptest.Buffer{}
-	srv.cmd = srv.host.NS.Cmd(args...)
-	srv.cmd.Stdout, srv.cmd.Stderr = srv.log, srv.log
-	if err := srv.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	srv.done = make(chan error, 1)
-	cmd, done, log := srv.cmd, srv.done, srv.log
-	go func() { done <- cmd.Wait() }()
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-done:
-			case <-time.After(15 * time.Second):
-				cmd.Process.Kill()
-			}
-		}
-		if t.Failed() {
-			t.Logf("berth server %s's log:\n%s", srv.name, log.String())
-		}
-	})
+	srv.proc = startProc(t, srv.host.NS.Cmd(args...), srv.log, "berth server "+srv.name)
 }
 
 // waitServer waits until srv answers on its host's loopback.
@@ -363,33 +340,57 @@ func (f *Fleet) StartAgent(h *Host, join bool) {
 		}
 		args = append(args, "--token-file", tf)
 	}
-	h.agent = exec.Command("nsenter", args...)
-	h.agent.Stdout, h.agent.Stderr = h.log, h.log
-	if err := h.agent.Start(); err != nil {
+	h.agent = startProc(t, exec.Command("nsenter", args...), h.log, "agent "+h.Name)
+}
+
+// proc is a process of the fleet (a server, an agent), stopped with
+// SIGTERM when the test ends unless it has exited already.
+type proc struct {
+	cmd    *exec.Cmd
+	exited chan struct{} // closed once it has exited
+	err    error         // how it exited; read after exited
+}
+
+// startProc starts cmd with its output in log, and at cleanup stops it
+// and, if the test failed, shows the log under what.
+func startProc(t testing.TB, cmd *exec.Cmd, log *uptest.Buffer, what string) *proc {
+	t.Helper()
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	h.done = make(chan error, 1)
-	cmd, done := h.agent, h.done
-	go func() { done <- cmd.Wait() }()
+	p := &proc{cmd: cmd, exited: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.exited)
+	}()
 	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
+		select {
+		case <-p.exited:
+		default:
 			cmd.Process.Signal(syscall.SIGTERM)
 			select {
-			case <-done:
+			case <-p.exited:
 			case <-time.After(15 * time.Second):
-				cmd.Process.Kill()
+				p.kill()
 			}
 		}
 		if t.Failed() {
-			t.Logf("agent %s's log:\n%s", h.Name, h.log.String())
+			t.Logf("%s's log:\n%s", what, log.String())
 		}
 	})
+	return p
+}
+
+// kill SIGKILLs the process and waits for it.
+func (p *proc) kill() {
+	p.cmd.Process.Kill()
+	<-p.exited
 }
 
 // KillAgent SIGKILLs h's agent: the host's containers stay.
 func (f *Fleet) KillAgent(h *Host) {
-	h.agent.Process.Kill()
-	<-h.done
+	h.agent.kill()
 }
 
 // Nodes reads the control plane's nodes by name.
