@@ -46,7 +46,11 @@ func (r *Native) Exec(ctx context.Context, id string, p specs.Process, opts Exec
 		return -1, fmt.Errorf("exec process: %w", err)
 	}
 	cfg := initConfig{ID: id, Bundle: rec.Bundle, ExecJSON: execJSON, Seccomp: prog, PreserveFDs: opts.PreserveFDs, Console: p.Terminal}
-	cmd, parentSync, err := r.spawn(exe, "exec", cfg, opts.IO, opts.PreserveFDs, nil, childJoins)
+	config, err := json.Marshal(cfg)
+	if err != nil {
+		return -1, err
+	}
+	cmd, parentSync, err := r.spawn(exe, "exec", config, opts.IO, opts.PreserveFDs, nil, childJoins)
 	if err != nil {
 		closeJoins(parentJoins)
 		closeJoins(childJoins)

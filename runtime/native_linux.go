@@ -51,7 +51,11 @@ type Native struct {
 	// helper; empty means a read-only copy of the running executable, which
 	// must be a binary that calls InitMain (berth-runtime does).
 	InitPath string
-	Log      *slog.Logger
+	// GoInit makes every container's init the Go one. By default a spec
+	// that needs nothing else gets the C init of package fastinit, which
+	// runs a plan computed here (see fastInitPlan) without starting Go.
+	GoInit bool
+	Log    *slog.Logger
 
 	// exits holds the exit codes of inits this process reaped (container
 	// ID → int), for ExitCode.
@@ -292,7 +296,11 @@ func (r *Native) create(ctx context.Context, id, bundle string, opts CreateOpts)
 		cfg.NewCgroupNS = true
 	}
 
-	cmd, parentSync, err := r.spawn(exe, "init", cfg, opts.IO, opts.PreserveFDs, fifo, childJoins)
+	role, config, err := r.initConfig(&cfg, spec, len(childJoins))
+	if err != nil {
+		return nil, err
+	}
+	cmd, parentSync, err := r.spawn(exe, role, config, opts.IO, opts.PreserveFDs, fifo, childJoins)
 	if err != nil {
 		return nil, err
 	}
@@ -339,6 +347,11 @@ func (r *Native) create(ctx context.Context, id, bundle string, opts CreateOpts)
 	}
 	if err := writeFileAtomic(filepath.Join(dir, "state.json"), b, 0o600); err != nil {
 		return nil, fmt.Errorf("save state: %w", err)
+	}
+	if fast := fastRecord(rec, cg.m.Dirs()); fast != nil {
+		if err := writeFileAtomic(filepath.Join(dir, fastRecordFile), fast, 0o600); err != nil {
+			return nil, fmt.Errorf("save state: %w", err)
+		}
 	}
 	if opts.PidFile != "" {
 		if err := writeFileAtomic(opts.PidFile, []byte(strconv.Itoa(pid)), 0o644); err != nil {
@@ -434,7 +447,9 @@ func handOverConsole(master *os.File, socketPath string, fn func(*os.File)) erro
 // spawn prepares the re-executed child with its sync socket and config pipe.
 // The config is written by a goroutine so a large spec never blocks on the
 // pipe's capacity.
-func (r *Native) spawn(exe, role string, cfg initConfig, stdio IO, preserve int, fifo *os.File, childJoins []nsJoin) (*exec.Cmd, *os.File, error) {
+//
+// The config is the initConfig as JSON, or for roleFastInit the plan.
+func (r *Native) spawn(exe, role string, config []byte, stdio IO, preserve int, fifo *os.File, childJoins []nsJoin) (*exec.Cmd, *os.File, error) {
 	parentSync, childSync, err := newSyncPair()
 	if err != nil {
 		return nil, nil, err
@@ -445,12 +460,8 @@ func (r *Native) spawn(exe, role string, cfg initConfig, stdio IO, preserve int,
 		childSync.Close()
 		return nil, nil, err
 	}
-	cfgJSON, err := json.Marshal(cfg)
-	if err != nil {
-		return nil, nil, err
-	}
 	go func() {
-		_, _ = cfgW.Write(cfgJSON)
+		_, _ = cfgW.Write(config)
 		cfgW.Close()
 	}()
 	cmd := &exec.Cmd{

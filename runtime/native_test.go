@@ -47,6 +47,7 @@ func testRuntime(t *testing.T) *Native {
 	if err != nil {
 		t.Fatal(err)
 	}
+	r.GoInit = os.Getenv(envTestGoInit) == "1"
 	t.Cleanup(func() {
 		list, _ := r.List(context.Background())
 		for _, s := range list {

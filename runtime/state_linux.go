@@ -43,6 +43,30 @@ type record struct {
 	Hooks *specs.Hooks `json:"hooks,omitempty"`
 }
 
+// fastRecordFile holds what berth-runtime's start and delete need in their
+// common case, in a form C reads without a JSON parser (see
+// cmd/berth-runtime/fastpath.c): "pid N", "start N" and one "cgroup DIR"
+// line per hierarchy.
+const fastRecordFile = "fastpath"
+
+// fastRecord is the fast record of rec, or nil for a container whose start
+// or delete must do more than the fast path does: run hooks, or kill the
+// processes of a pid namespace it shares.
+func fastRecord(rec *record, cgroupDirs []string) []byte {
+	if rec.Hooks != nil || rec.SharedPidNS {
+		return nil
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "pid %d\nstart %d\n", rec.Pid, rec.PidStart)
+	for _, d := range cgroupDirs {
+		if strings.ContainsAny(d, "\n") {
+			return nil
+		}
+		fmt.Fprintf(&b, "cgroup %s\n", d)
+	}
+	return []byte(b.String())
+}
+
 func validID(id string) error {
 	if id == "" {
 		return errors.New("container ID is empty")

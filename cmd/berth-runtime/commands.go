@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -17,9 +18,17 @@ import (
 
 	"github.com/berth-dev/berth/runtime"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
-	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 )
+
+// allVerbs builds the verbs, in the order help lists them.
+func allVerbs(g *globals, out io.Writer, code *int) []*verb {
+	return []*verb{
+		createVerb(g), deleteVerb(g), execVerb(g, code), featuresVerb(out),
+		killVerb(g), listVerb(g, out), pauseVerb(g), psVerb(g, out),
+		resumeVerb(g), runVerb(g, code), specVerb(), startVerb(g), stateVerb(g, out),
+	}
+}
 
 func stdio() runtime.IO {
 	return runtime.IO{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr}
@@ -34,14 +43,13 @@ type createFlags struct {
 	preserveFDs   int
 }
 
-func (f *createFlags) register(cmd *cobra.Command) {
-	fl := cmd.Flags()
-	fl.StringVarP(&f.bundle, "bundle", "b", "", "path to the root of the bundle directory, defaults to the current directory")
-	fl.StringVar(&f.consoleSocket, "console-socket", "", "path to an AF_UNIX socket which will receive a file descriptor referencing the master end of the console's pseudoterminal")
-	fl.StringVar(&f.pidFile, "pid-file", "", "specify the file to write the process id to")
-	fl.BoolVar(&f.noPivot, "no-pivot", false, "do not use pivot root to jail process inside rootfs")
-	fl.BoolVar(&f.noNewKeyring, "no-new-keyring", false, "do not create a new session keyring for the container")
-	fl.IntVar(&f.preserveFDs, "preserve-fds", 0, "pass N additional file descriptors to the container (stdio + $LISTEN_FDS + N in total)")
+func (f *createFlags) register(fl *flagSet) {
+	fl.stringVar(&f.bundle, "bundle", "b", "", "path to the root of the bundle directory, defaults to the current directory")
+	fl.stringVar(&f.consoleSocket, "console-socket", "", "", "path to an AF_UNIX socket which will receive a file descriptor referencing the master end of the console's pseudoterminal")
+	fl.stringVar(&f.pidFile, "pid-file", "", "", "specify the file to write the process id to")
+	fl.boolVar(&f.noPivot, "no-pivot", "", "do not use pivot root to jail process inside rootfs")
+	fl.boolVar(&f.noNewKeyring, "no-new-keyring", "", "do not create a new session keyring for the container")
+	fl.intVar(&f.preserveFDs, "preserve-fds", "", "pass N additional file descriptors to the container (stdio + $LISTEN_FDS + N in total)")
 }
 
 func (f *createFlags) opts() (string, runtime.CreateOpts) {
@@ -70,84 +78,70 @@ func absOrEmpty(p string) string {
 	return a
 }
 
-func oneID(args []string) error {
-	if len(args) != 1 {
-		return fmt.Errorf("expected exactly one container ID, got %d arguments", len(args))
-	}
-	return nil
-}
-
-func newCreateCmd(g *globals) *cobra.Command {
+func createVerb(g *globals) *verb {
 	var f createFlags
-	cmd := idCmd(g, "create [flags] <container-id>", "create a container", func(r *runtime.Native, ctx context.Context, id string) error {
+	v := idVerb(g, "create [flags] <container-id>", "create a container", func(r *runtime.Native, ctx context.Context, id string) error {
 		bundle, o := f.opts()
 		return r.Create(ctx, id, bundle, o)
 	})
-	f.register(cmd)
-	return cmd
+	f.register(v.flags)
+	return v
 }
 
-func newStartCmd(g *globals) *cobra.Command {
-	return idCmd(g, "start <container-id>", "executes the user defined process in a created container", (*runtime.Native).Start)
+func startVerb(g *globals) *verb {
+	return idVerb(g, "start <container-id>", "executes the user defined process in a created container", (*runtime.Native).Start)
 }
 
-// idCmd is a verb that takes one container ID and calls fn with it.
-func idCmd(g *globals, use, short string, fn func(*runtime.Native, context.Context, string) error) *cobra.Command {
-	return &cobra.Command{
-		Use:   use,
-		Short: short,
-		Args:  func(_ *cobra.Command, args []string) error { return oneID(args) },
-		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := g.runtime()
-			if err != nil {
-				return err
-			}
-			return fn(r, context.Background(), args[0])
-		},
-	}
+// idVerb is a verb that takes one container ID and calls fn with it.
+func idVerb(g *globals, use, short string, fn func(*runtime.Native, context.Context, string) error) *verb {
+	v := newVerb(use, short, func(args []string) error {
+		r, err := g.runtime()
+		if err != nil {
+			return err
+		}
+		return fn(r, context.Background(), args[0])
+	})
+	v.args = oneID
+	return v
 }
 
-func newRunCmd(g *globals, code *int) *cobra.Command {
+func runVerb(g *globals, code *int) *verb {
 	var f createFlags
 	var detach, keep bool
-	cmd := &cobra.Command{
-		Use:   "run [flags] <container-id>",
-		Short: "create and run a container",
-		Args:  func(_ *cobra.Command, args []string) error { return oneID(args) },
-		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := g.runtime()
-			if err != nil {
+	v := newVerb("run [flags] <container-id>", "create and run a container", func(args []string) error {
+		r, err := g.runtime()
+		if err != nil {
+			return err
+		}
+		bundle, o := f.opts()
+		ctx := context.Background()
+		if detach {
+			if err := r.Create(ctx, args[0], bundle, o); err != nil {
 				return err
 			}
-			bundle, o := f.opts()
-			ctx := context.Background()
-			if detach {
-				if err := r.Create(ctx, args[0], bundle, o); err != nil {
-					return err
-				}
-				return r.Start(ctx, args[0])
-			}
-			var restore func()
-			if f.consoleSocket == "" {
-				o.Console = func(master *os.File) { restore = proxyTerminal(master) }
-			}
-			stop := forwardSignals(r, args[0])
-			defer stop()
-			c, err := r.Run(ctx, args[0], bundle, o, keep)
-			if restore != nil {
-				restore()
-			}
-			if err != nil {
-				return err
-			}
-			*code = c
-			return nil
-		},
-	}
-	f.register(cmd)
-	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "detach from the container's process")
-	cmd.Flags().BoolVar(&keep, "keep", false, "do not delete the container after it exits")
-	return cmd
+			return r.Start(ctx, args[0])
+		}
+		var restore func()
+		if f.consoleSocket == "" {
+			o.Console = func(master *os.File) { restore = proxyTerminal(master) }
+		}
+		stop := forwardSignals(r, args[0])
+		defer stop()
+		c, err := r.Run(ctx, args[0], bundle, o, keep)
+		if restore != nil {
+			restore()
+		}
+		if err != nil {
+			return err
+		}
+		*code = c
+		return nil
+	})
+	v.args = oneID
+	f.register(v.flags)
+	v.flags.boolVar(&detach, "detach", "d", "detach from the container's process")
+	v.flags.boolVar(&keep, "keep", "", "do not delete the container after it exits")
+	return v
 }
 
 // forwardSignals relays the signals a foreground `run` receives to the
@@ -169,55 +163,48 @@ func forwardSignals(r *runtime.Native, id string) func() {
 	return func() { signal.Stop(ch); close(done) }
 }
 
-func newStateCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "state <container-id>",
-		Short: "output the state of a container",
-		Args:  func(_ *cobra.Command, args []string) error { return oneID(args) },
-		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := g.runtime()
-			if err != nil {
-				return err
-			}
-			st, err := r.State(context.Background(), args[0])
-			if err != nil {
-				return err
-			}
-			return printJSON(cmd, st)
-		},
-	}
+func stateVerb(g *globals, out io.Writer) *verb {
+	v := newVerb("state <container-id>", "output the state of a container", func(args []string) error {
+		r, err := g.runtime()
+		if err != nil {
+			return err
+		}
+		st, err := r.State(context.Background(), args[0])
+		if err != nil {
+			return err
+		}
+		return printJSON(out, st)
+	})
+	v.args = oneID
+	return v
 }
 
-func printJSON(cmd *cobra.Command, v any) error {
-	enc := json.NewEncoder(cmd.OutOrStdout())
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
 }
 
-func newKillCmd(g *globals) *cobra.Command {
+func killVerb(g *globals) *verb {
 	var all bool
-	cmd := &cobra.Command{
-		Use:   "kill [flags] <container-id> [signal]",
-		Short: "kill sends the specified signal (default: SIGTERM) to the container's init process",
-		Args:  cobra.RangeArgs(1, 2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			sig := unix.SIGTERM
-			if len(args) == 2 {
-				s, err := parseSignal(args[1])
-				if err != nil {
-					return err
-				}
-				sig = s
-			}
-			r, err := g.runtime()
+	v := newVerb("kill [flags] <container-id> [signal]", "kill sends the specified signal (default: SIGTERM) to the container's init process", func(args []string) error {
+		sig := unix.SIGTERM
+		if len(args) == 2 {
+			s, err := parseSignal(args[1])
 			if err != nil {
 				return err
 			}
-			return r.Kill(context.Background(), args[0], sig, all)
-		},
-	}
-	cmd.Flags().BoolVarP(&all, "all", "a", false, "send the specified signal to all processes inside the container")
-	return cmd
+			sig = s
+		}
+		r, err := g.runtime()
+		if err != nil {
+			return err
+		}
+		return r.Kill(context.Background(), args[0], sig, all)
+	})
+	v.args = argsBetween(1, 2)
+	v.flags.boolVar(&all, "all", "a", "send the specified signal to all processes inside the container")
+	return v
 }
 
 // parseSignal accepts 9, KILL and SIGKILL alike.
@@ -239,113 +226,117 @@ func parseSignal(s string) (syscall.Signal, error) {
 	return sig, nil
 }
 
-func newDeleteCmd(g *globals) *cobra.Command {
+func deleteVerb(g *globals) *verb {
 	var force bool
-	cmd := &cobra.Command{
-		Use:   "delete [flags] <container-id>",
-		Short: "delete any resources held by the container",
-		Args:  cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := g.runtime()
-			if err != nil {
-				return err
+	v := newVerb("delete [flags] <container-id>", "delete any resources held by the container", func(args []string) error {
+		r, err := g.runtime()
+		if err != nil {
+			return err
+		}
+		var errs []error
+		for _, id := range args {
+			if err := r.Delete(context.Background(), id, force); err != nil {
+				errs = append(errs, err)
 			}
-			var errs []error
-			for _, id := range args {
-				if err := r.Delete(context.Background(), id, force); err != nil {
-					errs = append(errs, err)
-				}
-			}
-			return errors.Join(errs...)
-		},
-	}
-	cmd.Flags().BoolVarP(&force, "force", "f", false, "forcibly delete the container if it is still running (uses SIGKILL)")
-	return cmd
+		}
+		return errors.Join(errs...)
+	})
+	v.args = argsAtLeast(1)
+	v.flags.boolVar(&force, "force", "f", "forcibly delete the container if it is still running (uses SIGKILL)")
+	return v
 }
 
-func newExecCmd(g *globals, code *int) *cobra.Command {
-	var (
-		consoleSocket, cwd, user, processPath, pidFile string
-		env, caps                                      []string
-		addGids                                        []int
-		tty, detach, noNewPrivs                        bool
-		preserveFDs                                    int
-	)
-	cmd := &cobra.Command{
-		Use:   "exec [flags] <container-id> <command> [args...]",
-		Short: "execute new process inside the container",
-		Args:  cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := g.runtime()
-			if err != nil {
+type execFlags struct {
+	consoleSocket, cwd, user, processPath, pidFile string
+	env, caps                                      []string
+	addGids                                        []int
+	tty, detach, noNewPrivs                        bool
+	preserveFDs                                    int
+}
+
+func (f *execFlags) register(fl *flagSet) {
+	fl.stringVar(&f.consoleSocket, "console-socket", "", "", "path to an AF_UNIX socket which will receive a file descriptor referencing the master end of the console's pseudoterminal")
+	fl.stringVar(&f.cwd, "cwd", "", "", "current working directory in the container")
+	fl.stringsVar(&f.env, "env", "e", "set environment variables")
+	fl.boolVar(&f.tty, "tty", "t", "allocate a pseudo-TTY")
+	fl.stringVar(&f.user, "user", "u", "", "UID (format: <uid>[:<gid>])")
+	fl.intsVar(&f.addGids, "additional-gids", "g", "additional gids")
+	fl.stringVar(&f.processPath, "process", "p", "", "path to the process.json")
+	fl.boolVar(&f.detach, "detach", "d", "detach from the container's process")
+	fl.stringVar(&f.pidFile, "pid-file", "", "", "specify the file to write the process id to")
+	fl.boolVar(&f.noNewPrivs, "no-new-privs", "", "set the no new privileges value for the process")
+	fl.stringsVar(&f.caps, "cap", "c", "add a capability to the bounding set for the process")
+	fl.intVar(&f.preserveFDs, "preserve-fds", "", "pass N additional file descriptors to the container")
+}
+
+func execVerb(g *globals, code *int) *verb {
+	var f execFlags
+	var v *verb
+	v = newVerb("exec [flags] <container-id> <command> [args...]", "execute new process inside the container", func(args []string) error {
+		r, err := g.runtime()
+		if err != nil {
+			return err
+		}
+		id, cmdline := args[0], args[1:]
+		// The flags end at the container ID, so a -- after it can only
+		// be there to separate the command: runc's callers write
+		// `exec ID -- cmd args`.
+		if len(cmdline) > 0 && cmdline[0] == "--" {
+			cmdline = cmdline[1:]
+		}
+		p, err := execProcess(r, id, f.processPath, cmdline)
+		if err != nil {
+			return err
+		}
+		if v.flags.changed("tty") {
+			p.Terminal = f.tty
+		}
+		if f.cwd != "" {
+			p.Cwd = f.cwd
+		}
+		p.Env = append(p.Env, f.env...)
+		if f.user != "" {
+			if err := parseUser(f.user, &p.User); err != nil {
 				return err
 			}
-			id := args[0]
-			p, err := execProcess(r, g.root, id, processPath, args[1:])
-			if err != nil {
-				return err
+		}
+		for _, gid := range f.addGids {
+			p.User.AdditionalGids = append(p.User.AdditionalGids, uint32(gid))
+		}
+		if f.noNewPrivs {
+			p.NoNewPrivileges = true
+		}
+		if len(f.caps) > 0 && p.Capabilities != nil {
+			for _, c := range f.caps {
+				p.Capabilities.Bounding = append(p.Capabilities.Bounding, c)
+				p.Capabilities.Effective = append(p.Capabilities.Effective, c)
+				p.Capabilities.Permitted = append(p.Capabilities.Permitted, c)
 			}
-			if cmd.Flags().Changed("tty") {
-				p.Terminal = tty
-			}
-			if cwd != "" {
-				p.Cwd = cwd
-			}
-			p.Env = append(p.Env, env...)
-			if user != "" {
-				if err := parseUser(user, &p.User); err != nil {
-					return err
-				}
-			}
-			for _, gid := range addGids {
-				p.User.AdditionalGids = append(p.User.AdditionalGids, uint32(gid))
-			}
-			if noNewPrivs {
-				p.NoNewPrivileges = true
-			}
-			if len(caps) > 0 && p.Capabilities != nil {
-				for _, c := range caps {
-					p.Capabilities.Bounding = append(p.Capabilities.Bounding, c)
-					p.Capabilities.Effective = append(p.Capabilities.Effective, c)
-					p.Capabilities.Permitted = append(p.Capabilities.Permitted, c)
-				}
-			}
-			o := runtime.ExecOpts{ConsoleSocket: consoleSocket, PidFile: absOrEmpty(pidFile), PreserveFDs: preserveFDs, IO: stdio(), Detach: detach, LeaveUnreaped: detach}
-			var restore func()
-			if p.Terminal && consoleSocket == "" {
-				o.Console = func(master *os.File) { restore = proxyTerminal(master) }
-			}
-			c, err := r.Exec(context.Background(), id, *p, o)
-			if restore != nil {
-				restore()
-			}
-			if err != nil {
-				return err
-			}
-			*code = c
-			return nil
-		},
-	}
-	fl := cmd.Flags()
-	fl.SetInterspersed(false)
-	fl.StringVar(&consoleSocket, "console-socket", "", "path to an AF_UNIX socket which will receive a file descriptor referencing the master end of the console's pseudoterminal")
-	fl.StringVar(&cwd, "cwd", "", "current working directory in the container")
-	fl.StringArrayVarP(&env, "env", "e", nil, "set environment variables")
-	fl.BoolVarP(&tty, "tty", "t", false, "allocate a pseudo-TTY")
-	fl.StringVarP(&user, "user", "u", "", "UID (format: <uid>[:<gid>])")
-	fl.IntSliceVarP(&addGids, "additional-gids", "g", nil, "additional gids")
-	fl.StringVarP(&processPath, "process", "p", "", "path to the process.json")
-	fl.BoolVarP(&detach, "detach", "d", false, "detach from the container's process")
-	fl.StringVar(&pidFile, "pid-file", "", "specify the file to write the process id to")
-	fl.BoolVar(&noNewPrivs, "no-new-privs", false, "set the no new privileges value for the process")
-	fl.StringArrayVarP(&caps, "cap", "c", nil, "add a capability to the bounding set for the process")
-	fl.IntVar(&preserveFDs, "preserve-fds", 0, "pass N additional file descriptors to the container")
-	return cmd
+		}
+		o := runtime.ExecOpts{ConsoleSocket: f.consoleSocket, PidFile: absOrEmpty(f.pidFile), PreserveFDs: f.preserveFDs, IO: stdio(), Detach: f.detach, LeaveUnreaped: f.detach}
+		var restore func()
+		if p.Terminal && f.consoleSocket == "" {
+			o.Console = func(master *os.File) { restore = proxyTerminal(master) }
+		}
+		c, err := r.Exec(context.Background(), id, *p, o)
+		if restore != nil {
+			restore()
+		}
+		if err != nil {
+			return err
+		}
+		*code = c
+		return nil
+	})
+	v.interspersed = false
+	v.args = argsAtLeast(1)
+	f.register(v.flags)
+	return v
 }
 
 // execProcess builds the process to exec: from --process, or from the
 // container's own process with new arguments, as runc does.
-func execProcess(r *runtime.Native, root, id, processPath string, args []string) (*specs.Process, error) {
+func execProcess(r *runtime.Native, id, processPath string, args []string) (*specs.Process, error) {
 	if processPath != "" {
 		b, err := os.ReadFile(processPath)
 		if err != nil {
@@ -388,92 +379,84 @@ func parseUser(s string, u *specs.User) error {
 	return nil
 }
 
-func newListCmd(g *globals) *cobra.Command {
+func listVerb(g *globals, out io.Writer) *verb {
 	var format string
 	var quiet bool
-	cmd := &cobra.Command{
-		Use:   "list [flags]",
-		Short: "lists containers started by berth-runtime with the given root",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := g.runtime()
-			if err != nil {
-				return err
+	v := newVerb("list [flags]", "lists containers started by berth-runtime with the given root", func(args []string) error {
+		r, err := g.runtime()
+		if err != nil {
+			return err
+		}
+		list, err := r.List(context.Background())
+		if err != nil {
+			return err
+		}
+		switch {
+		case quiet:
+			for _, s := range list {
+				fmt.Fprintln(out, s.ID)
 			}
-			list, err := r.List(context.Background())
-			if err != nil {
-				return err
+		case format == "json":
+			if list == nil {
+				list = []runtime.State{}
 			}
-			switch {
-			case quiet:
-				for _, s := range list {
-					fmt.Fprintln(cmd.OutOrStdout(), s.ID)
-				}
-			case format == "json":
-				if list == nil {
-					list = []runtime.State{}
-				}
-				return printJSON(cmd, list)
-			case format == "table":
-				w := tabwriter.NewWriter(cmd.OutOrStdout(), 12, 1, 3, ' ', 0)
-				fmt.Fprint(w, "ID\tPID\tSTATUS\tBUNDLE\tCREATED\tOWNER\n")
-				for _, s := range list {
-					fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\n", s.ID, s.Pid, s.Status, s.Bundle, s.Created.Format(time.RFC3339Nano), s.Owner)
-				}
-				return w.Flush()
-			default:
-				return fmt.Errorf("--format %q: want table or json", format)
+			return printJSON(out, list)
+		case format == "table":
+			w := tabwriter.NewWriter(out, 12, 1, 3, ' ', 0)
+			fmt.Fprint(w, "ID\tPID\tSTATUS\tBUNDLE\tCREATED\tOWNER\n")
+			for _, s := range list {
+				fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\n", s.ID, s.Pid, s.Status, s.Bundle, s.Created.Format(time.RFC3339Nano), s.Owner)
 			}
-			return nil
-		},
-	}
-	cmd.Flags().StringVarP(&format, "format", "f", "table", "select one of: table or json")
-	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "display only container IDs")
-	return cmd
+			return w.Flush()
+		default:
+			return fmt.Errorf("--format %q: want table or json", format)
+		}
+		return nil
+	})
+	v.args = noArgs("list")
+	v.flags.stringVar(&format, "format", "f", "table", "select one of: table or json")
+	v.flags.boolVar(&quiet, "quiet", "q", "display only container IDs")
+	return v
 }
 
-func newPsCmd(g *globals) *cobra.Command {
+func psVerb(g *globals, out io.Writer) *verb {
 	var format string
-	cmd := &cobra.Command{
-		Use:   "ps [flags] <container-id> [ps options]",
-		Short: "ps displays the processes running inside a container",
-		Args:  cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := g.runtime()
-			if err != nil {
-				return err
+	v := newVerb("ps [flags] <container-id> [ps options]", "ps displays the processes running inside a container", func(args []string) error {
+		r, err := g.runtime()
+		if err != nil {
+			return err
+		}
+		pids, err := r.Pids(context.Background(), args[0])
+		if err != nil {
+			return err
+		}
+		if format == "json" {
+			if pids == nil {
+				pids = []int{}
 			}
-			pids, err := r.Pids(context.Background(), args[0])
-			if err != nil {
-				return err
-			}
-			if format == "json" {
-				if pids == nil {
-					pids = []int{}
-				}
-				return json.NewEncoder(cmd.OutOrStdout()).Encode(pids)
-			}
-			if format != "table" {
-				return fmt.Errorf("--format %q: want table or json", format)
-			}
-			psArgs := args[1:]
-			if len(psArgs) == 0 {
-				psArgs = []string{"-ef"}
-			}
-			out, err := exec.Command("ps", psArgs...).Output()
-			if err != nil {
-				return fmt.Errorf("ps %s: %w", strings.Join(psArgs, " "), err)
-			}
-			return filterPs(cmd, string(out), pids)
-		},
-	}
-	cmd.Flags().StringVarP(&format, "format", "f", "table", "select one of: table or json")
-	cmd.Flags().SetInterspersed(false)
-	return cmd
+			return json.NewEncoder(out).Encode(pids)
+		}
+		if format != "table" {
+			return fmt.Errorf("--format %q: want table or json", format)
+		}
+		psArgs := args[1:]
+		if len(psArgs) == 0 {
+			psArgs = []string{"-ef"}
+		}
+		b, err := exec.Command("ps", psArgs...).Output()
+		if err != nil {
+			return fmt.Errorf("ps %s: %w", strings.Join(psArgs, " "), err)
+		}
+		return filterPs(out, string(b), pids)
+	})
+	v.interspersed = false
+	v.args = argsAtLeast(1)
+	v.flags.stringVar(&format, "format", "f", "table", "select one of: table or json")
+	return v
 }
 
 // filterPs keeps ps's header and the rows whose PID column is one of pids.
-func filterPs(cmd *cobra.Command, out string, pids []int) error {
+func filterPs(w io.Writer, out string, pids []int) error {
 	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
 	if len(lines) == 0 {
 		return nil
@@ -491,67 +474,60 @@ func filterPs(cmd *cobra.Command, out string, pids []int) error {
 	for _, p := range pids {
 		in[p] = true
 	}
-	fmt.Fprintln(cmd.OutOrStdout(), lines[0])
+	fmt.Fprintln(w, lines[0])
 	for _, l := range lines[1:] {
 		f := strings.Fields(l)
 		if len(f) > col {
 			if p, err := strconv.Atoi(f[col]); err == nil && in[p] {
-				fmt.Fprintln(cmd.OutOrStdout(), l)
+				fmt.Fprintln(w, l)
 			}
 		}
 	}
 	return nil
 }
 
-func newPauseCmd(g *globals) *cobra.Command {
-	return idCmd(g, "pause <container-id>", "pause suspends all processes inside the container", (*runtime.Native).Pause)
+func pauseVerb(g *globals) *verb {
+	return idVerb(g, "pause <container-id>", "pause suspends all processes inside the container", (*runtime.Native).Pause)
 }
 
-func newResumeCmd(g *globals) *cobra.Command {
-	return idCmd(g, "resume <container-id>", "resumes all processes that have been previously paused", (*runtime.Native).Resume)
+func resumeVerb(g *globals) *verb {
+	return idVerb(g, "resume <container-id>", "resumes all processes that have been previously paused", (*runtime.Native).Resume)
 }
 
-func newSpecCmd(g *globals) *cobra.Command {
+func specVerb() *verb {
 	var bundle string
 	var rootless bool
-	cmd := &cobra.Command{
-		Use:   "spec [flags] [-- command args...]",
-		Short: "create a new specification file (config.json) in the bundle",
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if rootless {
-				return errors.New("--rootless: rootless specs are not supported")
-			}
-			if bundle == "" {
-				bundle = "."
-			}
-			p := filepath.Join(bundle, "config.json")
-			if _, err := os.Stat(p); err == nil {
-				return fmt.Errorf("%s already exists; remove it first", p)
-			}
-			s := runtime.DefaultSpec()
-			if len(args) > 0 {
-				s.Process.Args = args
-				s.Process.Terminal = false
-			}
-			b, err := json.MarshalIndent(s, "", "\t")
-			if err != nil {
-				return err
-			}
-			return os.WriteFile(p, append(b, '\n'), 0o644)
-		},
-	}
-	cmd.Flags().StringVarP(&bundle, "bundle", "b", "", "path to the root of the bundle directory")
-	cmd.Flags().BoolVar(&rootless, "rootless", false, "generate a configuration for a rootless container")
-	return cmd
+	v := newVerb("spec [flags] [-- command args...]", "create a new specification file (config.json) in the bundle", func(args []string) error {
+		if rootless {
+			return errors.New("--rootless: rootless specs are not supported")
+		}
+		if bundle == "" {
+			bundle = "."
+		}
+		p := filepath.Join(bundle, "config.json")
+		if _, err := os.Stat(p); err == nil {
+			return fmt.Errorf("%s already exists; remove it first", p)
+		}
+		s := runtime.DefaultSpec()
+		if len(args) > 0 {
+			s.Process.Args = args
+			s.Process.Terminal = false
+		}
+		b, err := json.MarshalIndent(s, "", "\t")
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(p, append(b, '\n'), 0o644)
+	})
+	v.flags.stringVar(&bundle, "bundle", "b", "", "path to the root of the bundle directory")
+	v.flags.boolVar(&rootless, "rootless", "", "generate a configuration for a rootless container")
+	return v
 }
 
-func newFeaturesCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "features",
-		Short: "show the enabled features",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return printJSON(cmd, runtime.Features())
-		},
-	}
+func featuresVerb(out io.Writer) *verb {
+	v := newVerb("features", "show the enabled features", func(args []string) error {
+		return printJSON(out, runtime.Features())
+	})
+	v.args = noArgs("features")
+	return v
 }

@@ -13,11 +13,11 @@ import (
 	"log/slog"
 	"os"
 	"runtime/debug"
+	"sort"
 	"strings"
 
 	"github.com/berth-dev/berth/runtime"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
-	"github.com/spf13/cobra"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -46,39 +46,7 @@ type globals struct {
 func run(args []string, stdout, stderr io.Writer) int {
 	g := &globals{}
 	code := 0
-	root := &cobra.Command{
-		Use:           "berth-runtime",
-		Short:         "Berth's OCI runtime, command-line compatible with runc",
-		Version:       version,
-		SilenceUsage:  true,
-		SilenceErrors: true,
-		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
-			if n := cmd.Name(); n != "run" && n != "exec" {
-				// A verb that returns in milliseconds allocates a few MiB at
-				// most; a collection would cost more than it frees.
-				debug.SetGCPercent(-1)
-			}
-			return g.setup(stderr)
-		},
-	}
-	root.SetVersionTemplate("berth-runtime version {{.Version}}\nspec: " + specs.Version + "\n")
-	root.SetOut(stdout)
-	root.SetErr(stderr)
-	pf := root.PersistentFlags()
-	pf.StringVar(&g.root, "root", "/run/berth-runtime", "root directory for storage of container state (this should be located in tmpfs)")
-	pf.StringVar(&g.log, "log", "", "set the log file to write runtime logs to (default is stderr)")
-	pf.StringVar(&g.logFormat, "log-format", "text", "set the log format ('text' (default), or 'json')")
-	pf.BoolVar(&g.debug, "debug", false, "enable debug logging")
-	pf.BoolVar(&g.systemdCgroup, "systemd-cgroup", false, "enable systemd cgroup support (not supported: use cgroupfs)")
-	pf.StringVar(&g.criu, "criu", "criu", "path to the criu binary (checkpoint is not supported)")
-	pf.StringVar(&g.rootless, "rootless", "auto", "ignore cgroup permission errors ('true', 'false', or 'auto')")
-	root.AddCommand(
-		newCreateCmd(g), newStartCmd(g), newRunCmd(g, &code), newStateCmd(g),
-		newKillCmd(g), newDeleteCmd(g), newExecCmd(g, &code), newListCmd(g),
-		newPsCmd(g), newPauseCmd(g), newResumeCmd(g), newSpecCmd(g), newFeaturesCmd(g),
-	)
-	root.SetArgs(args)
-	err := root.Execute()
+	err := dispatch(g, args, stdout, stderr, &code)
 	if g.logFile != nil {
 		defer g.logFile.Close()
 	}
@@ -94,6 +62,130 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return code
+}
+
+// register defines runc's global flags in fs. They are defined twice: in
+// the set read before the verb (with --help and --version) and in the set
+// read after it, as cobra's persistent flags were accepted on both sides.
+func (g *globals) register(fs *flagSet) {
+	fs.stringVar(&g.root, "root", "", "/run/berth-runtime", "root directory for storage of container state (this should be located in tmpfs)")
+	fs.stringVar(&g.log, "log", "", "", "set the log file to write runtime logs to (default is stderr)")
+	fs.stringVar(&g.logFormat, "log-format", "", "text", "set the log format ('text' (default), or 'json')")
+	fs.boolVar(&g.debug, "debug", "", "enable debug logging")
+	fs.boolVar(&g.systemdCgroup, "systemd-cgroup", "", "enable systemd cgroup support (not supported: use cgroupfs)")
+	fs.stringVar(&g.criu, "criu", "", "criu", "path to the criu binary (checkpoint is not supported)")
+	fs.stringVar(&g.rootless, "rootless", "", "auto", "ignore cgroup permission errors ('true', 'false', or 'auto')")
+}
+
+// dispatch parses the command line and runs its verb.
+func dispatch(g *globals, args []string, stdout, stderr io.Writer, code *int) error {
+	v, operands, err := parse(g, args, stdout, code)
+	if v == nil || err != nil {
+		return err
+	}
+	if v.name != "run" && v.name != "exec" {
+		// A verb that returns in milliseconds allocates a few MiB at most;
+		// a collection would cost more than it frees.
+		debug.SetGCPercent(-1)
+	}
+	if err := g.setup(stderr); err != nil {
+		return err
+	}
+	return v.run(operands)
+}
+
+// parse reads the global flags into g, then the verb and its flags, and
+// returns the verb with its operands checked; or no verb when it printed
+// the help or the version to stdout instead.
+func parse(g *globals, args []string, stdout io.Writer, code *int) (*verb, []string, error) {
+	var help, showVersion bool
+	// Both sets are defined before either is parsed: defining a flag
+	// stores its default in the variable.
+	top, gf := newFlagSet("berth-runtime"), newFlagSet("global")
+	g.register(top)
+	g.register(gf)
+	top.boolVar(&help, "help", "h", "help for berth-runtime")
+	top.boolVar(&showVersion, "version", "v", "version for berth-runtime")
+	rest, err := parseFlags(args, false, top)
+	if err != nil {
+		return nil, nil, err
+	}
+	verbs := allVerbs(g, stdout, code)
+	if len(rest) > 0 && rest[0] == "help" {
+		help, rest = true, rest[1:]
+	}
+	var v *verb
+	if len(rest) > 0 {
+		if v = findVerb(verbs, rest[0]); v == nil {
+			if help {
+				fmt.Fprintf(stdout, "Unknown help topic %q\n", rest[0])
+				rootHelp(stdout, top, verbs)
+				return nil, nil, nil
+			}
+			return nil, nil, unknownVerb(rest[0], verbs)
+		}
+	}
+	switch {
+	case help && v != nil:
+		v.help(stdout, gf)
+		return nil, nil, nil
+	case help || (v == nil && !showVersion):
+		rootHelp(stdout, top, verbs)
+		return nil, nil, nil
+	case showVersion:
+		fmt.Fprintf(stdout, "berth-runtime version %s\nspec: %s\n", version, specs.Version)
+		return nil, nil, nil
+	}
+	operands, err := parseFlags(rest[1:], v.interspersed, v.flags, gf)
+	if err != nil {
+		return nil, nil, err
+	}
+	if v.wantHelp {
+		v.help(stdout, gf)
+		return nil, nil, nil
+	}
+	if v.args != nil {
+		if err := v.args(operands); err != nil {
+			return nil, nil, err
+		}
+	}
+	return v, operands, nil
+}
+
+func findVerb(verbs []*verb, name string) *verb {
+	for _, v := range verbs {
+		if v.name == name {
+			return v
+		}
+	}
+	return nil
+}
+
+func unknownVerb(name string, verbs []*verb) error {
+	msg := fmt.Sprintf("unknown command %q for \"berth-runtime\"", name)
+	if s := suggest(name, verbs); len(s) > 0 {
+		msg += "\n\nDid you mean this?\n\t" + strings.Join(s, "\n\t") + "\n"
+	}
+	return errors.New(msg)
+}
+
+const rootShort = "Berth's OCI runtime, command-line compatible with runc"
+
+func rootHelp(w io.Writer, top *flagSet, verbs []*verb) {
+	fmt.Fprintf(w, "%s\n\nUsage:\n  berth-runtime [command]\n\nAvailable Commands:\n", rootShort)
+	names := []string{"help"}
+	shorts := map[string]string{"help": "Help about any command"}
+	for _, v := range verbs {
+		names = append(names, v.name)
+		shorts[v.name] = v.short
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		fmt.Fprintf(w, "  %-11s %s\n", n, shorts[n])
+	}
+	fmt.Fprint(w, "\nFlags:\n")
+	top.usage(w, nil)
+	fmt.Fprint(w, "\nUse \"berth-runtime [command] --help\" for more information about a command.\n")
 }
 
 type exitError struct {
@@ -146,5 +238,11 @@ func (g *globals) setup(stderr io.Writer) error {
 }
 
 func (g *globals) runtime() (*runtime.Native, error) {
-	return runtime.NewNative(g.root, g.logger)
+	r, err := runtime.NewNative(g.root, g.logger)
+	if err != nil {
+		return nil, err
+	}
+	// The same switch turns off fastpath.c's start and delete.
+	r.GoInit = os.Getenv("BERTH_RUNTIME_FASTPATH") == "0"
+	return r, nil
 }

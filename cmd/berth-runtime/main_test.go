@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -36,6 +37,7 @@ type cli struct {
 	t    *testing.T
 	root string
 	exe  string
+	env  []string // more environment for every verb
 }
 
 func newCLI(t *testing.T) *cli {
@@ -52,6 +54,7 @@ func newCLI(t *testing.T) *cli {
 	}
 	c := &cli{t: t, root: worldDir(t), exe: exe}
 	t.Cleanup(func() {
+		c.env = nil
 		out, _ := c.run("list", "-q")
 		for _, id := range strings.Fields(out) {
 			if _, err := c.run("delete", "-f", id); err != nil {
@@ -77,7 +80,7 @@ func (c *cli) run(args ...string) (string, error) {
 	}
 	defer out.Close()
 	cmd := exec.Command(c.exe, append([]string{"--root", c.root}, args...)...)
-	cmd.Env = append(os.Environ(), "BERTH_RUNTIME_TEST_CLI=1")
+	cmd.Env = append(append(os.Environ(), "BERTH_RUNTIME_TEST_CLI=1"), c.env...)
 	cmd.Stdout, cmd.Stderr = out, out
 	err = cmd.Run()
 	b, _ := os.ReadFile(out.Name())
@@ -174,6 +177,11 @@ func TestLifecycleThroughTheCommandLine(t *testing.T) {
 	out := c.must("exec", "ctr", "sh", "-c", "echo pid1=$(cat /proc/1/comm) host=$(hostname)")
 	if !strings.Contains(out, "pid1=sleep") {
 		t.Errorf("exec did not join the container's pid namespace: %q", out)
+	}
+	// Repeated -e/--env (a value may hold commas) and -- after the ID,
+	// as callers write them.
+	if out := c.must("exec", "-e", "A=1", "--env", "B=2,3", "ctr", "--", "sh", "-c", "echo $A/$B"); out != "1/2,3\n" {
+		t.Errorf("exec -e A=1 --env B=2,3 ctr -- sh -c ... printed %q", out)
 	}
 	_, err := c.run("exec", "ctr", "sh", "-c", "exit 7")
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 7 {
@@ -419,5 +427,73 @@ func TestPodmanDrivesBerthRuntime(t *testing.T) {
 	}
 	if out, err := pm("rm", "sleeper"); err != nil {
 		t.Errorf("podman rm: %v\n%s", err, out)
+	}
+}
+
+// TestStartAndDeleteFastPaths proves that start and delete of a plain
+// container run in fastpath.c, before Go starts (with
+// GODEBUG=inittrace=1 a Go runtime that starts prints its package inits;
+// the fast path prints nothing), and leave what the Go verbs leave.
+func TestStartAndDeleteFastPaths(t *testing.T) {
+	for _, fast := range []bool{true, false} {
+		c := newCLI(t)
+		c.env = []string{"BERTH_RUNTIME_FASTPATH=" + map[bool]string{true: "1", false: "0"}[fast]}
+		marker := filepath.Join(c.root, "poststop-ran")
+		plain := c.bundle(nil, "sleep", "300")
+		hooked := c.bundle(func(s *specs.Spec) {
+			s.Hooks = &specs.Hooks{Poststop: []specs.Hook{{Path: "/bin/sh", Args: []string{"sh", "-c", "touch " + marker}}}}
+		}, "sleep", "300")
+		c.must("create", "--bundle", plain, "plain")
+		c.must("create", "--bundle", hooked, "hooked")
+		record, err := os.ReadFile(filepath.Join(c.root, "plain", "fastpath"))
+		if err != nil {
+			t.Fatalf("create wrote no fast record: %v", err)
+		}
+		if _, err := os.Stat(filepath.Join(c.root, "hooked", "fastpath")); err == nil {
+			t.Errorf("a container with a poststop hook has a fast record")
+		}
+		traced := func(verb, id string) {
+			t.Helper()
+			env := c.env
+			c.env = append(env, "GODEBUG=inittrace=1")
+			out := c.must(verb, id)
+			c.env = env
+			if started := strings.Contains(out, "init runtime"); started == fast {
+				t.Errorf("fast path %v: %s started Go: %v\n%s", fast, verb, started, out)
+			}
+		}
+		traced("start", "plain")
+		c.must("start", "hooked")
+		for _, id := range []string{"plain", "hooked"} {
+			if st := c.state(id); st.Status != specs.StateRunning {
+				t.Fatalf("after start: %+v", st)
+			}
+			if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", c.state(id).Pid)); string(comm) != "sleep\n" {
+				t.Errorf("%s: the init runs %q, not the workload", id, comm)
+			}
+			// Refused while it runs, by the Go verb in both modes.
+			if out, err := c.run("delete", id); err == nil || !strings.Contains(out, "running") {
+				t.Errorf("delete of running %s: %v %q", id, err, out)
+			}
+			c.must("kill", id, "KILL")
+			waitStatus(c, id, "stopped")
+		}
+		traced("delete", "plain")
+		c.must("delete", "hooked")
+		if _, err := os.Stat(marker); err != nil {
+			t.Errorf("the poststop hook did not run at delete: %v", err)
+		}
+		for _, id := range []string{"plain", "hooked"} {
+			if _, err := os.Stat(filepath.Join(c.root, id)); !os.IsNotExist(err) {
+				t.Errorf("delete left %s's state directory: %v", id, err)
+			}
+		}
+		for _, line := range strings.Split(strings.TrimSpace(string(record)), "\n") {
+			if dir, ok := strings.CutPrefix(line, "cgroup "); ok {
+				if _, err := os.Stat(dir); !os.IsNotExist(err) {
+					t.Errorf("delete left cgroup %s: %v", dir, err)
+				}
+			}
+		}
 	}
 }

@@ -85,6 +85,8 @@ type Manager interface {
 	Destroy() error
 	// Path is the cgroup path relative to the hierarchy root, e.g. "/berth/abc".
 	Path() string
+	// Dirs are the cgroup's directories, one per hierarchy it is in.
+	Dirs() []string
 }
 
 // FreezerState is the freezer state of a cgroup.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -30,6 +31,19 @@ type v1Manager struct {
 }
 
 func (m *v1Manager) Path() string { return m.path }
+
+func (m *v1Manager) Dirs() []string {
+	seen := map[string]bool{}
+	var dirs []string
+	for _, mnt := range m.mounts {
+		if !seen[mnt] {
+			seen[mnt] = true
+			dirs = append(dirs, mnt+m.path)
+		}
+	}
+	sort.Strings(dirs)
+	return dirs
+}
 
 func (m *v1Manager) dir(ctrl string) (string, bool) {
 	mnt, ok := m.mounts[ctrl]

@@ -20,6 +20,8 @@ type v2Manager struct {
 
 func (m *v2Manager) Path() string { return m.path }
 
+func (m *v2Manager) Dirs() []string { return []string{m.dir} }
+
 // v2Always are the controllers enabled for every container when the host
 // offers them, so that Stats reports memory and pids without limits set.
 func v2Always() []string { return []string{"memory", "pids"} }
