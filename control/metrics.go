@@ -57,35 +57,41 @@ type sample struct {
 	node  string
 }
 
-// ring holds the last len(buf) samples of one instance, oldest first from
-// next once full.
+// ring holds the last size samples of one instance. It grows as samples
+// arrive: the slots of a whole window cost ~38 KiB, which an instance
+// sampled for a minute has no use for, and a host may hold thousands of
+// them. Once full, next is where the oldest sample is.
 type ring struct {
 	service string
+	size    int
 	buf     []sample
 	next    int
-	full    bool
 }
 
-func newRing(size int) *ring { return &ring{buf: make([]sample, size)} }
+func newRing(size int) *ring { return &ring{size: size} }
 
 func (r *ring) add(s sample) {
-	r.buf[r.next] = s
-	r.next = (r.next + 1) % len(r.buf)
-	if r.next == 0 {
-		r.full = true
+	if len(r.buf) < r.size {
+		if len(r.buf) == cap(r.buf) {
+			// Doubling, but never past size.
+			nb := make([]sample, len(r.buf), min(r.size, max(4, 2*cap(r.buf))))
+			copy(nb, r.buf)
+			r.buf = nb
+		}
+		r.buf = append(r.buf, s)
+		return
 	}
+	r.buf[r.next] = s
+	r.next = (r.next + 1) % r.size
 }
 
 // samples returns the held samples, oldest first.
 func (r *ring) samples() []sample {
-	if !r.full {
-		return slices.Clone(r.buf[:r.next])
-	}
 	return append(slices.Clone(r.buf[r.next:]), r.buf[:r.next]...)
 }
 
 func (r *ring) newest() (sample, bool) {
-	if !r.full && r.next == 0 {
+	if len(r.buf) == 0 {
 		return sample{}, false
 	}
 	return r.buf[(r.next+len(r.buf)-1)%len(r.buf)], true

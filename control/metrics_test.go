@@ -42,6 +42,27 @@ func TestRingKeepsTheNewestSamplesOldestFirst(t *testing.T) {
 		if n, _ := r.newest(); !n.stats.Time.Equal(got[len(got)-1].stats.Time) {
 			t.Fatalf("newest %v, last of samples %v", n.stats.Time, got[len(got)-1].stats.Time)
 		}
+		if cap(r.buf) > 3 {
+			t.Fatalf("after %d adds: %d slots for a ring of 3", i+1, cap(r.buf))
+		}
+	}
+}
+
+// A ring holds slots for the samples it has, not for its whole window.
+func TestRingGrowsAsSamplesArrive(t *testing.T) {
+	r := newRing(366)
+	for i := range 10 {
+		r.add(sample{stats: stat(i, 0, 0, 0, 0)})
+	}
+	if c := cap(r.buf); c > 16 {
+		t.Errorf("10 samples take %d slots", c)
+	}
+	for i := 10; i < 1000; i++ {
+		r.add(sample{stats: stat(i, 0, 0, 0, 0)})
+	}
+	got := r.samples()
+	if cap(r.buf) != 366 || len(got) != 366 || int(got[0].stats.Time.Sub(t0)/time.Second) != 1000-366 {
+		t.Errorf("full ring: %d slots, %d samples, oldest from second %v", cap(r.buf), len(got), got[0].stats.Time.Sub(t0))
 	}
 }
 

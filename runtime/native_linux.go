@@ -183,11 +183,36 @@ func (r *Native) Create(ctx context.Context, id, bundle string, opts CreateOpts)
 	// Reap the init when it exits if this process outlives it (in-process
 	// callers); the CLI exits first and the init is re-parented.
 	r.exits.Delete(id)
+	cmd := c.cmd // not c: the goroutine lives as long as the container
 	go func() {
-		err := c.cmd.Wait()
-		r.exits.Store(id, exitCodeOf(c.cmd.ProcessState, err))
+		awaitExit(cmd.Process.Pid)
+		err := cmd.Wait()
+		r.exits.Store(id, exitCodeOf(cmd.ProcessState, err))
 	}()
 	return nil
+}
+
+// awaitExit returns once the child pid has exited (it stays a zombie for
+// Wait to reap). It waits in Go's poller on a pidfd: Wait alone blocks an OS
+// thread in waitid for as long as the container runs, and a host holding a
+// thousand containers would hold a thousand threads for them.
+func awaitExit(pid int) {
+	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
+	if err != nil {
+		return // Wait will block instead
+	}
+	f := os.NewFile(uintptr(fd), "pidfd")
+	defer f.Close()
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return
+	}
+	// A pidfd is readable once its process has exited.
+	_ = rc.Read(func(fd uintptr) bool {
+		var info unix.Siginfo
+		err := unix.Waitid(unix.P_PIDFD, int(fd), &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)
+		return err != nil || info.Signo != 0
+	})
 }
 
 // ExitCode returns the exit code of a container's first process (128+N for

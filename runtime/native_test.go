@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -16,6 +17,7 @@ import (
 	"github.com/berth-dev/berth/internal/busybox"
 	"github.com/berth-dev/berth/internal/testdir"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 )
 
 // The test binary doubles as the container init: the runtime re-executes
@@ -647,5 +649,69 @@ func TestOldExecutableCopiesAreRemoved(t *testing.T) {
 	}
 	if _, err := os.Stat(recent); err != nil {
 		t.Errorf("the recent copy was removed: %v", err)
+	}
+}
+
+// threads is the thread count of a process.
+func threads(t *testing.T, pid int) int {
+	t.Helper()
+	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "Threads:"); ok {
+			n, _ := strconv.Atoi(strings.TrimSpace(v))
+			return n
+		}
+	}
+	t.Fatalf("no thread count for %d", pid)
+	return 0
+}
+
+// TestWaitingForContainersHoldsNoThreads: a runtime in a long-lived
+// process (the agent) reaps every container it created; the wait must sit
+// in Go's poller, not hold an OS thread per running container.
+func TestWaitingForContainersHoldsNoThreads(t *testing.T) {
+	r := testRuntime(t)
+	const n = 16
+	var bundles []string // one each: a bundle names its cgroup
+	for range n + 1 {
+		bundles = append(bundles, testBundle(t, []string{"sleep", "100"}, nil))
+	}
+	ctx := context.Background()
+	// The first container warms up what a start needs once.
+	if err := r.Create(ctx, "reap-warm", bundles[n], CreateOpts{}); err != nil {
+		t.Fatal(err)
+	}
+	before := threads(t, os.Getpid())
+	for i := range n {
+		id := "reap-" + strconv.Itoa(i)
+		if err := r.Create(ctx, id, bundles[i], CreateOpts{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Start(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if grew := threads(t, os.Getpid()) - before; grew >= n/2 {
+		t.Errorf("%d running containers took %d more threads", n, grew)
+	}
+	if err := r.Kill(ctx, "reap-3", unix.SIGKILL, false); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; ; i++ {
+		if code, ok := r.ExitCode("reap-3"); ok {
+			if code != 137 {
+				t.Errorf("exit code %d, want 137", code)
+			}
+			break
+		}
+		if i == 500 {
+			t.Fatal("the killed container was never reaped")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

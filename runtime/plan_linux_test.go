@@ -1,7 +1,6 @@
 package runtime
 
 import (
-	"bufio"
 	"context"
 	"encoding/binary"
 	"os"
@@ -200,25 +199,6 @@ func withoutNS(ns []specs.LinuxNamespace, t specs.LinuxNamespaceType) []specs.Li
 		}
 	}
 	return out
-}
-
-// threads is the thread count of a process.
-func threads(t *testing.T, pid int) int {
-	t.Helper()
-	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "Threads:"); ok {
-			n, _ := strconv.Atoi(strings.TrimSpace(v))
-			return n
-		}
-	}
-	t.Fatalf("no thread count for %d", pid)
-	return 0
 }
 
 // TestTheInitOfAPlainSpecIsTheCInit proves the fast path is taken: a created
