@@ -237,6 +237,19 @@ func (r *Native) create(ctx context.Context, id, bundle string, opts CreateOpts)
 	if err := validID(id); err != nil {
 		return nil, err
 	}
+	// The host's cgroup hierarchy and the init's executable do not depend
+	// on the spec: find them while the spec is decoded, which on a
+	// process's first decode costs milliseconds.
+	var exe string
+	var exeErr error
+	exeDone := make(chan struct{})
+	go func() {
+		defer close(exeDone)
+		_, _ = r.hierarchy()
+		exe, exeErr = r.initPath()
+	}()
+	// Never return while it may still be making the executable's copy.
+	defer func() { <-exeDone }()
 	spec, specJSON, bundle, err := loadBundle(bundle)
 	if err != nil {
 		return nil, err
@@ -256,9 +269,9 @@ func (r *Native) create(ctx context.Context, id, bundle string, opts CreateOpts)
 	if err != nil {
 		return nil, err
 	}
-	exe, err := r.initPath()
-	if err != nil {
-		return nil, err
+	<-exeDone
+	if exeErr != nil {
+		return nil, exeErr
 	}
 	var rawProfile []byte
 	if spec.Linux.Seccomp != nil {

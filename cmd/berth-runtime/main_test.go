@@ -394,6 +394,11 @@ func TestPodmanDrivesBerthRuntime(t *testing.T) {
 	}
 	t.Cleanup(func() {
 		_, _ = pm("rm", "--all", "--force")
+		// Podman runs the runtime with its default root, where it keeps a
+		// sealed, mounted copy of itself: release it.
+		if r, err := runtime.NewNative("/run/berth-runtime", nil); err == nil {
+			_ = r.ReleaseExecutables()
+		}
 	})
 	if out, err := pm("import", tarball, "localhost/berth-test:latest"); err != nil {
 		t.Fatalf("podman import: %v\n%s", err, out)
