@@ -334,7 +334,7 @@ func (r *Native) create(ctx context.Context, id, bundle string, opts CreateOpts)
 		cfg.NewCgroupNS = true
 	}
 
-	role, config, err := r.initConfig(&cfg, spec, len(childJoins))
+	role, config, err := r.chooseInit(&cfg, spec, len(childJoins))
 	if err != nil {
 		return nil, err
 	}

@@ -23,10 +23,10 @@ import (
 // most of what the Go init costs, and the plan needs none of it.
 const roleFastInit = "plan"
 
-// initConfig picks the init for a container, the C one (a plan) when
+// chooseInit picks the init for a container, the C one (a plan) when
 // the spec allows and the Go one (the config as JSON) otherwise, and
 // returns its role and what it reads from the config pipe.
-func (r *Native) initConfig(cfg *initConfig, spec *specs.Spec, childJoins int) (string, []byte, error) {
+func (r *Native) chooseInit(cfg *initConfig, spec *specs.Spec, childJoins int) (string, []byte, error) {
 	if !r.GoInit {
 		var prog *seccomp.Program
 		if len(cfg.Seccomp) > 0 {
