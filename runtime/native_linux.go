@@ -356,16 +356,21 @@ func (r *Native) create(ctx context.Context, id, bundle string, opts CreateOpts)
 		}
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uid, Gid: gid, NoSetGroups: true}
 	}
+	// The cgroup is made while the child is cloned and exec'd: the
+	// parent's thread waits on the vfork meanwhile, the other core need not.
+	cgMade := make(chan error, 1)
+	go func() { cgMade <- cg.create() }()
 	err = startJoined(cmd, parentJoins)
 	closeChildEnds(cmd)
+	cgErr := <-cgMade
 	if err != nil {
 		cmd = nil
 		return nil, fmt.Errorf("start container init: %w", err)
 	}
-	pid := cmd.Process.Pid
-	if err := cg.create(); err != nil {
-		return nil, err
+	if cgErr != nil {
+		return nil, cgErr
 	}
+	pid := cmd.Process.Pid
 	if err := cg.add(pid); err != nil {
 		return nil, err
 	}

@@ -7,7 +7,6 @@ import (
 	"github.com/berth-dev/berth/runtime/cgroups"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -77,9 +76,20 @@ func validID(id string) error {
 	return nil
 }
 
+// idPattern is ^[A-Za-z0-9_+\-.]+$ without "." and "..", by hand: a
+// regexp's compilation is a measurable share of a verb that runs for
+// milliseconds.
 func idPattern(id string) bool {
-	ok, _ := regexp.MatchString(`^[A-Za-z0-9_+\-.]+$`, id)
-	return ok && id != "." && id != ".."
+	if id == "" || id == "." || id == ".." {
+		return false
+	}
+	for _, c := range []byte(id) {
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '+' || c == '-' || c == '.'
+		if !ok {
+			return false
+		}
+	}
+	return true
 }
 
 func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
