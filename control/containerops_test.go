@@ -291,3 +291,28 @@ func TestRevocationIsImmediate(t *testing.T) {
 		t.Errorf("a removed node registering again: %v", err)
 	}
 }
+
+// A token deleted through another server (here: straight in etcd) stops
+// working here as soon as the token watch hears of it, not when a cache
+// entry expires.
+func TestATokenDeletedElsewhereStopsWorking(t *testing.T) {
+	c := newCluster(t, false)
+	c.tenant(t, "acme")
+	dev := c.token(t, "acme", "dev", api.RoleTenantAdmin, "")
+	if _, err := api.ListOf[*api.Instance](c.ctx, dev, "acme", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.st.Client().Delete(c.ctx, c.st.Key(api.KindToken, "acme", "dev")); err != nil {
+		t.Fatal(err)
+	}
+	// Well inside cacheTTL: only the watch can have dropped the entry.
+	for deadline := time.Now().Add(cacheTTL / 2); ; time.Sleep(10 * time.Millisecond) {
+		_, err := api.ListOf[*api.Instance](c.ctx, dev, "acme", "")
+		if api.Code(err) == http.StatusUnauthorized {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("token deleted in the store still works: %v", err)
+		}
+	}
+}

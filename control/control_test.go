@@ -48,6 +48,7 @@ const adminSecret = "system.root.test-secret"
 
 type cluster struct {
 	st    *Store
+	api   *Server
 	srv   *httptest.Server
 	log   *slog.Logger
 	url   string
@@ -88,7 +89,7 @@ func newCluster(t *testing.T, lead bool) *cluster {
 		handler.Close()
 		_, _ = etcdClient.Delete(context.Background(), prefix+"/", clientv3.WithPrefix())
 	})
-	return &cluster{st: st, srv: srv, log: log, url: srv.URL, admin: api.NewClient(srv.URL, adminSecret, nil), ctx: ctx}
+	return &cluster{st: st, api: handler, srv: srv, log: log, url: srv.URL, admin: api.NewClient(srv.URL, adminSecret, nil), ctx: ctx}
 }
 
 func (c *cluster) tenant(t *testing.T, name string) {

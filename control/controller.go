@@ -54,8 +54,13 @@ func RunLeader(ctx context.Context, cfg LoopConfig) error {
 		// A shorter session would hand leadership over faster still, but a
 		// leader that loses it under load has to reload the whole cluster;
 		// 3 s matches the node lease.
-		sess, err := concurrency.NewSession(cfg.Store.Client(), concurrency.WithTTL(3), concurrency.WithContext(ctx))
+		// The session's lease rides the lease line: on the shared
+		// connection, a fleet's placements and reports delayed its
+		// renewals until it lapsed.
+		_, lc, conn := cfg.Store.leases.lease()
+		sess, err := concurrency.NewSession(lc, concurrency.WithTTL(3), concurrency.WithContext(ctx))
 		if err != nil {
+			cfg.Store.leases.failed(conn)
 			cfg.Log.Warn("election session", "err", err)
 			sleep(ctx, time.Second)
 			continue

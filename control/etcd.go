@@ -158,6 +158,17 @@ func clusterState(dir string) string {
 	return embed.ClusterStateFlagNew
 }
 
+// grpcWindow is the flow-control window of each gRPC stream to and from
+// etcd (see StartEtcd).
+const grpcWindow = 8 << 20
+
+// ClientWindows are the dial options that give an etcd client's streams
+// the windows StartEtcd gives its server's: big transactions and watch
+// responses flow without waiting on window updates.
+func ClientWindows() []grpc.DialOption {
+	return []grpc.DialOption{grpc.WithInitialWindowSize(grpcWindow), grpc.WithInitialConnWindowSize(4 * grpcWindow)}
+}
+
 // StartEtcd runs an embedded etcd in dir, alone or as one member of a
 // static cluster, and returns it with a client. A member's client reaches
 // every member that has published its client URL (its own first), so that
@@ -184,6 +195,13 @@ func StartEtcd(cfg EtcdConfig) (*embed.Etcd, *clientv3.Client, error) {
 	if cfg.NoFsync {
 		ec.UnsafeNoFsync = true
 	}
+	// Placement transactions run to megabytes. At gRPC's default 64 KiB
+	// flow-control window, etcd read each in dozens of window updates, a
+	// round trip each through a busy scheduler: the leader's writes, not
+	// its decisions, set the placement rate. Windows of megabytes let a
+	// transaction arrive at once. (Setting them turns off gRPC's own
+	// window estimate, which grew too slowly under that load.)
+	ec.GRPCAdditionalServerOptions = []grpc.ServerOption{grpc.InitialWindowSize(grpcWindow), grpc.InitialConnWindowSize(4 * grpcWindow)}
 	clientURL := cfg.ClientURL
 	if clientURL == "" {
 		p, err := freePort()
@@ -245,6 +263,7 @@ func StartEtcd(cfg EtcdConfig) (*embed.Etcd, *clientv3.Client, error) {
 		ccfg.DialOptions = []grpc.DialOption{grpc.WithDisableServiceConfig(),
 			grpc.WithDefaultServiceConfig(`{"loadBalancingConfig": [{"pick_first": {}}]}`)}
 	}
+	ccfg.DialOptions = append(ccfg.DialOptions, ClientWindows()...)
 	if cfg.Quiet {
 		ccfg.Logger = zap.NewNop()
 	}

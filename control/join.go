@@ -178,36 +178,22 @@ func (a *authenticator) authenticateCert(ctx context.Context, c *x509.Certificat
 		return Principal{}, api.Errorf(http.StatusUnauthorized, "client certificate %q is not a node's", c.Subject.CommonName)
 	}
 	cacheKey := "cert:" + id.Fingerprint
-	now := a.now()
-	a.mu.Lock()
-	cp, ok := a.cache[cacheKey]
-	a.mu.Unlock()
-	if ok && now.Before(cp.exp) {
-		return cp.p, nil
+	if p, ok := a.cached(cacheKey); ok {
+		return p, nil
 	}
-	o, err := a.store.Get(ctx, api.KindToken, api.SystemTenant, certTokenName(id.Name))
+	t, rev, err := a.token(ctx, api.SystemTenant, certTokenName(id.Name))
 	if err != nil {
 		if api.IsNotFound(err) {
 			return Principal{}, api.Errorf(http.StatusUnauthorized, "node %s's certificate is revoked", id.Name)
 		}
 		return Principal{}, err
 	}
-	t := o.(*api.Token)
 	if t.Role != api.RoleNode || t.Node != id.Name || (t.Certificate != id.Fingerprint && t.PreviousCertificate != id.Fingerprint) {
 		return Principal{}, api.Errorf(http.StatusUnauthorized, "node %s's certificate is revoked (replaced or removed)", id.Name)
 	}
 	p := Principal{Tenant: api.SystemTenant, Role: api.RoleNode, Node: id.Name, Token: api.SystemTenant + "/" + t.Name}
-	a.remember(cacheKey, p, now.Add(cacheTTL))
+	a.remember(cacheKey, p, rev, time.Time{})
 	return p, nil
-}
-
-func (a *authenticator) remember(key string, p Principal, exp time.Time) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if len(a.cache) > 100_000 {
-		a.cache = map[string]cachedPrincipal{}
-	}
-	a.cache[key] = cachedPrincipal{p: p, exp: exp}
 }
 
 func (s *Server) handleCA(w http.ResponseWriter, r *http.Request) {

@@ -15,7 +15,7 @@ import (
 func TestKeeperRenewsWhileBeatsComeAndStopsAfter(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	k := newKeeper(ctx, etcdClient, time.Now)
+	k := newKeeper(ctx, &leaseLine{c: etcdClient}, time.Now)
 	g, err := etcdClient.Grant(ctx, 1)
 	if err != nil {
 		t.Fatal(err)
@@ -56,7 +56,7 @@ func TestKeeperRenewsWhileBeatsComeAndStopsAfter(t *testing.T) {
 func TestKeeperReportsARevokedLeaseGone(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	k := newKeeper(ctx, etcdClient, time.Now)
+	k := newKeeper(ctx, &leaseLine{c: etcdClient}, time.Now)
 	g, err := etcdClient.Grant(ctx, 2)
 	if err != nil {
 		t.Fatal(err)

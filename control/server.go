@@ -56,6 +56,8 @@ type Server struct {
 	base context.Context
 	// fabric is the nodes' view of each other, followed once asked for.
 	fabric *fabricCache
+	// feed serves the agents' instance watches.
+	feed *nodeFeed
 	// draining is closed when the HTTP server starts shutting down: long
 	// polls answer at once rather than hold the shutdown.
 	draining  chan struct{}
@@ -76,10 +78,12 @@ func NewServer(cfg Config) *Server {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{cfg: cfg, st: cfg.Store, leases: map[string]clientv3.LeaseID{}, cancel: cancel,
-		keep: newKeeper(ctx, cfg.Store.Client(), cfg.Now),
-		auth: &authenticator{store: cfg.Store, now: cfg.Now, cache: map[string]cachedPrincipal{}},
+		keep: newKeeper(ctx, cfg.Store.leases, cfg.Now),
+		auth: newAuthenticator(cfg.Store, cfg.Now),
 		self: &selfCerts{ca: cfg.CA, now: cfg.Now, rnd: cfg.Rand},
-		base: ctx, fabric: newFabricCache(cfg.Store, cfg.Log), draining: make(chan struct{})}
+		base: ctx, fabric: newFabricCache(cfg.Store, cfg.Log),
+		feed: newNodeFeed(cfg.Store, cfg.Log), draining: make(chan struct{})}
+	go s.auth.follow(ctx)
 	m := http.NewServeMux()
 	m.HandleFunc("GET /v1/{kind}", s.handleList)
 	m.HandleFunc("POST /v1/{kind}", s.handleCreate)
@@ -112,9 +116,12 @@ func NewServer(cfg Config) *Server {
 	return s
 }
 
-// Close stops renewing node leases; the HTTP server around s should be
-// shut down first.
-func (s *Server) Close() { s.cancel() }
+// Close stops renewing node leases and closes the store's lease line; the
+// HTTP server around s should be shut down first.
+func (s *Server) Close() {
+	s.cancel()
+	_ = s.st.leases.Close()
+}
 
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -217,9 +224,9 @@ func (s *Server) handleList(w http.ResponseWriter, r *http.Request) {
 // watch streams changes under prefix after ?revision= as NDJSON, with
 // periodic bookmarks so a resumed watch starts near the present.
 func (s *Server) watch(w http.ResponseWriter, r *http.Request, k api.Kind, prefix string, sel api.Selector) {
-	rev, err := strconv.ParseInt(r.URL.Query().Get("revision"), 10, 64)
-	if err != nil && r.URL.Query().Get("revision") != "" || rev < 0 {
-		s.fail(w, &api.FieldError{Field: "revision", Message: "must be a non-negative integer"})
+	rev, err := watchRevision(r)
+	if err != nil {
+		s.fail(w, err)
 		return
 	}
 	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(r.Context()))
@@ -235,41 +242,26 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request, k api.Kind, prefi
 	if fl != nil {
 		fl.Flush()
 	}
-	enc := json.NewEncoder(w)
 	for resp := range wch {
 		if err := resp.Err(); err != nil {
 			code := http.StatusInternalServerError
 			if errors.Is(err, rpctypes.ErrCompacted) {
 				code = http.StatusGone
 			}
-			b, _ := json.Marshal(api.Errorf(code, "watch: %v", err))
-			_ = enc.Encode(api.WatchEvent{Type: "ERROR", Object: b})
+			line, _ := jsonLine(api.WatchEvent{Type: "ERROR", Object: errorObject(api.Errorf(code, "watch: %v", err))})
+			_, _ = w.Write(line)
 			return
 		}
 		if resp.IsProgressNotify() {
-			_ = enc.Encode(api.WatchEvent{Type: "BOOKMARK", Revision: resp.Header.Revision})
+			line, _ := jsonLine(api.WatchEvent{Type: "BOOKMARK", Revision: resp.Header.Revision})
+			_, _ = w.Write(line)
 		}
 		for _, ev := range resp.Events {
-			we := api.WatchEvent{Revision: ev.Kv.ModRevision}
-			value := ev.Kv.Value
-			switch {
-			case ev.Type == clientv3.EventTypeDelete:
-				we.Type = api.Deleted
-				if ev.PrevKv == nil {
-					continue
-				}
-				value = ev.PrevKv.Value
-			case ev.IsCreate():
-				we.Type = api.Added
-			default:
-				we.Type = api.Modified
-			}
-			o, err := Decode(k, value, ev.Kv.ModRevision)
-			if err != nil || !sel.Matches(o.GetMeta().Labels) {
+			line, ok := watchLine(k, ev, sel)
+			if !ok {
 				continue
 			}
-			we.Object, _ = json.Marshal(redact(o))
-			if err := enc.Encode(we); err != nil {
+			if _, err := w.Write(line); err != nil {
 				return
 			}
 		}
@@ -277,6 +269,59 @@ func (s *Server) watch(w http.ResponseWriter, r *http.Request, k api.Kind, prefi
 			fl.Flush()
 		}
 	}
+}
+
+// watchRevision is the revision a watch request resumes after (0: now).
+func watchRevision(r *http.Request) (int64, error) {
+	q := r.URL.Query().Get("revision")
+	rev, err := strconv.ParseInt(q, 10, 64)
+	if err != nil && q != "" || rev < 0 {
+		return 0, &api.FieldError{Field: "revision", Message: "must be a non-negative integer"}
+	}
+	return rev, nil
+}
+
+// watchLine is the NDJSON line that tells a watcher of ev, an event on
+// objects of kind k; false when there is nothing to tell (sel does not
+// match, or a delete without the deleted value).
+func watchLine(k api.Kind, ev *clientv3.Event, sel api.Selector) ([]byte, bool) {
+	we := api.WatchEvent{Revision: ev.Kv.ModRevision}
+	value := ev.Kv.Value
+	switch {
+	case ev.Type == clientv3.EventTypeDelete:
+		we.Type = api.Deleted
+		if ev.PrevKv == nil {
+			return nil, false
+		}
+		value = ev.PrevKv.Value
+	case ev.IsCreate():
+		we.Type = api.Added
+	default:
+		we.Type = api.Modified
+	}
+	o, err := Decode(k, value, ev.Kv.ModRevision)
+	if err != nil || !sel.Matches(o.GetMeta().Labels) {
+		return nil, false
+	}
+	we.Object, _ = json.Marshal(redact(o))
+	line, err := jsonLine(we)
+	return line, err == nil
+}
+
+// jsonLine is v as one line of JSON.
+func jsonLine(v any) ([]byte, error) {
+	b, err := json.Marshal(v)
+	return append(b, '\n'), err
+}
+
+// errorObject is err as a watch's ERROR event carries it.
+func errorObject(err error) json.RawMessage {
+	var e *api.Error
+	if !errors.As(err, &e) {
+		e = api.Errorf(http.StatusInternalServerError, "%v", err)
+	}
+	b, _ := json.Marshal(e)
+	return b
 }
 
 func (s *Server) decodeObject(r *http.Request, k api.Kind, tenant string) (api.Object, error) {
@@ -666,8 +711,13 @@ func (s *Server) handleNodeInstances(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.URL.Query().Get("watch") != "" {
-		s.watch(w, r, api.KindInstance, s.st.NodePrefix(name), nil)
+		s.watchNode(w, r, name)
 		return
+	}
+	// The feed follows from before the list, so the watch that follows
+	// the list is served from it.
+	if err := s.feed.start(r.Context(), s.base); err != nil {
+		s.cfg.Log.Warn("node feed", "err", err)
 	}
 	items, rev, err := s.st.ListPrefix(r.Context(), api.KindInstance, s.st.NodePrefix(name), nil)
 	if err != nil {

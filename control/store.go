@@ -29,11 +29,13 @@ import (
 type Store struct {
 	c      *clientv3.Client
 	prefix string
+	// leases carries lease renewals apart from the rest.
+	leases *leaseLine
 }
 
 // NewStore returns a store under prefix ("/berth").
 func NewStore(c *clientv3.Client, prefix string) *Store {
-	return &Store{c: c, prefix: strings.TrimSuffix(prefix, "/")}
+	return &Store{c: c, prefix: strings.TrimSuffix(prefix, "/"), leases: &leaseLine{c: c}}
 }
 
 // Client is the etcd client.

@@ -80,22 +80,22 @@ func BenchmarkControlPlane(b *testing.B) {
 	}
 	handler = control.NewServer(control.Config{Store: st, Log: log, Now: time.Now, Rand: rand.Reader, NodeTTL: 3 * time.Second})
 	srv = httptest.NewUnstartedServer(handler)
-	// Thousands of agents in one process would need a socket each (twice,
-	// client and server end) for their watches; over cleartext HTTP/2 they
-	// share connections, as the file-descriptor limit requires. Not too
-	// many to one, though: Go's HTTP/2 server looks at every stream of a
-	// connection for each frame it writes, so a thousand streams a
-	// connection spent more CPU choosing what to write than writing it
-	// (a real fleet has a connection per agent).
+	// Each simulated agent has a connection of its own, as a real one does:
+	// its watch, heartbeats and reports are streams of one cleartext
+	// HTTP/2 connection. (Agents sharing one client's pool made the pool
+	// dial a connection for each request that found every connection at
+	// its stream limit: at placement's peak, thousands of dials a second,
+	// overflowing the listen queue, so that heartbeats waited seconds for
+	// a retransmitted SYN and leases lapsed. Go's HTTP/2 server also looks
+	// at every stream of a connection for each frame it writes, so many
+	// agents to one connection cost more CPU choosing what to write than
+	// writing it.)
 	srv.Config.Protocols = &http.Protocols{}
 	srv.Config.Protocols.SetHTTP1(true)
 	srv.Config.Protocols.SetUnencryptedHTTP2(true)
 	srv.Config.HTTP2 = &http.HTTP2Config{MaxConcurrentStreams: 100}
 	srv.Start()
-	tr := &http.Transport{MaxIdleConnsPerHost: 256, Protocols: &http.Protocols{}}
-	tr.Protocols.SetUnencryptedHTTP2(true)
-	hc := &http.Client{Transport: tr}
-	ac := api.NewClient(srv.URL, admin, hc)
+	ac := api.NewClient(srv.URL, admin, h2c(256))
 	if err := ac.Create(ctx, &api.Tenant{Meta: api.Meta{Name: "bench"}}); err != nil {
 		b.Fatal(err)
 	}
@@ -133,7 +133,7 @@ func BenchmarkControlPlane(b *testing.B) {
 		tok := &api.Token{Secret: secrets[i]}
 		nctx, ncancel := context.WithCancel(ctx)
 		nodeCtx[name] = ncancel
-		n := &simnode.Node{Name: name, Client: ac.WithToken(tok.Secret), Now: time.Now, Stats: &stats,
+		n := &simnode.Node{Name: name, Client: api.NewClient(srv.URL, tok.Secret, h2c(1)), Now: time.Now, Stats: &stats,
 			Reg: api.Registration{Labels: map[string]string{"zone": fmt.Sprintf("z%d", i%3)},
 				Spec: api.NodeSpec{Capacity: api.Resources{CPU: 64000, Memory: 256 << 30}}}}
 		wg.Add(1)
@@ -297,6 +297,14 @@ func fanout(b *testing.B, ctx context.Context, ac *api.Client, url string) {
 	p := func(q float64) time.Duration { return lat[int(q*float64(n-1))].Round(time.Microsecond) }
 	b.ReportMetric(float64(p(0.99).Microseconds())/1000, "ms-fanout-p99")
 	fmt.Printf("watch fan-out: %d API watchers; one update seen by all: p50 %v, p99 %v, max %v\n", n, p(0.5), p(0.99), lat[n-1].Round(time.Microsecond))
+}
+
+// h2c is an HTTP client speaking cleartext HTTP/2 over a pool of its own,
+// keeping up to idle connections.
+func h2c(idle int) *http.Client {
+	tr := &http.Transport{MaxIdleConnsPerHost: idle, Protocols: &http.Protocols{}}
+	tr.Protocols.SetUnencryptedHTTP2(true)
+	return &http.Client{Transport: tr}
 }
 
 // progress reports as the run goes (b.Logf would hold it to the end, and

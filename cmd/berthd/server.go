@@ -67,7 +67,8 @@ func newServerCmd() *cobra.Command {
 					// An external etcd keeps its default --max-txn-ops of 128.
 					batch = 25
 				}
-				cfg := clientv3.Config{Endpoints: strings.Split(endpoints, ","), DialTimeout: 5 * time.Second, Logger: zap.NewNop()}
+				cfg := clientv3.Config{Endpoints: strings.Split(endpoints, ","), DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
+					DialOptions: control.ClientWindows()}
 				if caFile != "" || certFile != "" {
 					tlsInfo := transport.TLSInfo{TrustedCAFile: caFile, CertFile: certFile, KeyFile: keyFile}
 					tc, err := tlsInfo.ClientConfig()
