@@ -155,7 +155,12 @@ func (s *Store) Unchanged(o api.Object) clientv3.Cmp {
 
 // Get reads one object.
 func (s *Store) Get(ctx context.Context, k api.Kind, tenant, name string) (api.Object, error) {
-	resp, err := s.c.Get(ctx, s.Key(k, tenant, name))
+	return s.get(ctx, k, tenant, name)
+}
+
+// get is Get with options for etcd's read.
+func (s *Store) get(ctx context.Context, k api.Kind, tenant, name string, opts ...clientv3.OpOption) (api.Object, error) {
+	resp, err := s.c.Get(ctx, s.Key(k, tenant, name), opts...)
 	if err != nil {
 		return nil, fmt.Errorf("get %s %s: %w", k, name, err)
 	}
@@ -236,14 +241,31 @@ func (s *Store) Delete(ctx context.Context, o api.Object) error {
 
 // Modify reads an object, applies f and writes it back, retrying on
 // conflict: for the control plane's own read-modify-write updates.
+//
+// The first read is serializable: it does not wait for etcd to apply
+// every write committed before it, which under a fleet's load is seconds
+// of backlog. The write is conditional on the version read, so a stale
+// read costs a retry, never a lost update; and a stale read's verdict (not
+// found, or f's refusal) is checked by a linearizable one before it is
+// returned.
 func (s *Store) Modify(ctx context.Context, k api.Kind, tenant, name string, f func(api.Object) error) (api.Object, error) {
 	for attempt := 0; ; attempt++ {
-		prev, err := s.Get(ctx, k, tenant, name)
+		var opts []clientv3.OpOption
+		if attempt == 0 {
+			opts = append(opts, clientv3.WithSerializable())
+		}
+		prev, err := s.get(ctx, k, tenant, name, opts...)
 		if err != nil {
+			if attempt == 0 && api.IsNotFound(err) {
+				continue
+			}
 			return nil, err
 		}
 		next, _ := Decode(k, []byte(encode(prev)), prev.GetMeta().ResourceVersion)
 		if err := f(next); err != nil {
+			if attempt == 0 {
+				continue
+			}
 			return nil, err
 		}
 		err = s.Update(ctx, next, prev)
