@@ -45,9 +45,12 @@ type nodeFeed struct {
 	subs map[string]map[*feedSub]struct{}
 }
 
+// feedKeep is how many recent events the feed keeps (between it and twice
+// that: an event's line is about a kilobyte); feedLag is how many a watcher
+// may have unsent.
 const (
-	feedKeep = 1 << 16
-	feedLag  = 1 << 16
+	feedKeep = 1 << 14
+	feedLag  = 1 << 14
 )
 
 // feedEvent is one change to a node's instances: the line a watcher sends.
