@@ -117,6 +117,17 @@ func (s *state) applyResponse(st *Store, resp clientv3.WatchResponse) error {
 	return nil
 }
 
+// nodeLost reports whether resp deletes a node's alive key: its lease
+// lapsed, or it was removed.
+func (st *Store) nodeLost(resp clientv3.WatchResponse) bool {
+	for _, ev := range resp.Events {
+		if ev.Type == clientv3.EventTypeDelete && strings.HasPrefix(string(ev.Kv.Key), st.AlivePrefix()) {
+			return true
+		}
+	}
+	return false
+}
+
 // apply folds one key's change into s. An event no newer than what s holds
 // (the loop's own write got there first) is ignored: a key's version is
 // its mod revision, so the echo of the loop's own write need not be

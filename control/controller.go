@@ -218,6 +218,11 @@ func (l *Loop) rest(ctx context.Context, m *mirror, d time.Duration) (bool, erro
 				return changed, err
 			}
 			changed = true
+			// A node's death ends the rest: its instances are to be
+			// replaced now, not a cycle's time later.
+			if l.st.nodeLost(resp) {
+				return true, nil
+			}
 		case <-t.C:
 			return changed, nil
 		}

@@ -58,8 +58,8 @@ type Server struct {
 	fabric *fabricCache
 	// feed serves the agents' instance watches.
 	feed *nodeFeed
-	// reports holds a slot for each status report being written.
-	reports chan struct{}
+	// reports writes the agents' status reports.
+	reports *reportWriter
 	// draining is closed when the HTTP server starts shutting down: long
 	// polls answer at once rather than hold the shutdown.
 	draining  chan struct{}
@@ -84,7 +84,7 @@ func NewServer(cfg Config) *Server {
 		auth: newAuthenticator(cfg.Store, cfg.Now),
 		self: &selfCerts{ca: cfg.CA, now: cfg.Now, rnd: cfg.Rand},
 		base: ctx, fabric: newFabricCache(cfg.Store, cfg.Log),
-		feed: newNodeFeed(cfg.Store, cfg.Log), reports: make(chan struct{}, reportSlots), draining: make(chan struct{})}
+		feed: newNodeFeed(cfg.Store, cfg.Log), reports: newReportWriter(ctx, cfg.Store, reportGroup), draining: make(chan struct{})}
 	go s.auth.follow(ctx)
 	m := http.NewServeMux()
 	m.HandleFunc("GET /v1/{kind}", s.handleList)
@@ -753,13 +753,6 @@ func (s *Server) handleDrain(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, o)
 }
 
-// reportSlots is how many status reports a server writes at once; the
-// rest wait their turn. When a fleet reports thousands at once, each
-// written as it came had etcd, the scheduler and the garbage collector
-// juggle thousands of half-done writes: the reports went no faster, and
-// the heartbeats among them waited seconds for the processor.
-const reportSlots = 64
-
 func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 	p, err := s.auth.authenticate(r.Context(), r)
 	if err != nil {
@@ -786,15 +779,7 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, &api.FieldError{Field: "phase", Message: fmt.Sprintf("an agent reports placed, running, exited or failed, not %q", st.Phase)})
 		return
 	}
-	select {
-	case s.reports <- struct{}{}:
-		defer func() { <-s.reports }()
-	case <-r.Context().Done():
-		s.fail(w, r.Context().Err())
-		return
-	}
-	o, err := s.st.Modify(r.Context(), api.KindInstance, tenant, name, func(o api.Object) error {
-		in := o.(*api.Instance)
+	o, err := s.reports.write(r.Context(), tenant, name, func(in *api.Instance) error {
 		if p.Role == api.RoleNode && in.Spec.Node != p.Node {
 			return api.Errorf(http.StatusForbidden, "instance %s/%s is not placed on node %s", tenant, name, p.Node)
 		}
