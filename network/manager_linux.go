@@ -46,6 +46,9 @@ type Manager struct {
 	log  *slog.Logger
 	mu   sync.Mutex // serialises policy applies
 	nsFd int        // fd for nftables; -1 for the caller's namespace
+	// applied is the shape of the policy table this manager installed; nil
+	// when unknown (none yet, or an apply failed). Guarded by mu.
+	applied *policy.Shape
 
 	busyMu sync.Mutex
 	busy   map[string]bool // container IDs being attached or detached; guarded by busyMu
@@ -460,13 +463,20 @@ func (m *Manager) ApplyPolicy(eps []policy.Endpoint, rules []policy.Rule, ports 
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return policy.Apply(m.nsFd, rs)
+	shape, err := policy.Update(m.nsFd, m.applied, rs)
+	if err != nil {
+		m.applied = nil
+		return err
+	}
+	m.applied = &shape
+	return nil
 }
 
 // RemovePolicy deletes the policy table.
 func (m *Manager) RemovePolicy() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.applied = nil
 	return policy.Remove(m.nsFd)
 }
 

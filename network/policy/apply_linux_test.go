@@ -116,3 +116,96 @@ func TestAppliedRuleCountDoesNotGrowWithEndpoints(t *testing.T) {
 		t.Fatalf("table left after Remove:\n%s", out)
 	}
 }
+
+// A change that fits the table in place refills its sets (its chains keep
+// their handles) and leaves what a whole apply would; one tenant fewer
+// still fits (its chain stays, empty); a tenant more replaces the table.
+func TestUpdateRefillsSetsInPlace(t *testing.T) {
+	netnstest.RequireRoot(t, "nft")
+	ns := netnstest.New(t, "bp"+netnstest.Unique())
+	h, err := netns.GetFromPath(ns.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	rules := []Rule{{Name: "in", Target: Selector{Tenant: "t0"}, Peers: []Peer{{Selector: &Selector{Tenant: "t1"}}}, Ports: []Port{{Proto: "tcp", Port: 80}}}}
+	compile := func(first, n, tenants int) Ruleset {
+		var eps []Endpoint
+		for i := first; i < first+n; i++ {
+			eps = append(eps, Endpoint{ID: fmt.Sprint("c", i), Tenant: fmt.Sprint("t", i%tenants),
+				Addrs: []netip.Addr{netip.AddrFrom4([4]byte{10, 88, byte(i >> 8), byte(i)}), netip.AddrFrom16([16]byte{0xfd, 0, 0, 0x88, 14: byte(i >> 8), 15: byte(i)})}})
+		}
+		rs, err := Compile(eps, rules, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rs
+	}
+	handle := func() string {
+		for _, l := range strings.Split(ns.Run(t, "nft", "-a", "list", "table", "inet", TableName), "\n") {
+			if strings.Contains(l, "chain forward") {
+				return l
+			}
+		}
+		t.Fatal("no forward chain")
+		return ""
+	}
+	update := func(installed Shape, rs Ruleset) Shape {
+		t.Helper()
+		s, err := Update(int(h), &installed, rs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	whole := func(rs Ruleset) string {
+		t.Helper()
+		if err := Apply(int(h), rs); err != nil {
+			t.Fatal(err)
+		}
+		return ns.Run(t, "nft", "list", "ruleset")
+	}
+
+	a, b := compile(0, 10, 2), compile(5, 300, 2)
+	if err := Apply(int(h), a); err != nil {
+		t.Fatal(err)
+	}
+	before := handle()
+	if s := update(ShapeOf(a), b); s.Tenants != 2 {
+		t.Fatalf("shape after a refill: %+v", s)
+	}
+	refilled := ns.Run(t, "nft", "list", "ruleset")
+	if after := handle(); after != before {
+		t.Fatalf("the table was replaced: %q, then %q", before, after)
+	}
+	if w := whole(b); w != refilled {
+		t.Fatalf("refilled:\n%s\nwhole apply:\n%s", refilled, w)
+	}
+
+	// A third tenant does not fit: the table is replaced, and right.
+	c := compile(0, 12, 3)
+	before = handle()
+	three := update(ShapeOf(b), c)
+	if handle() == before || three.Tenants != 3 {
+		t.Fatalf("a new tenant refilled the old table (shape %+v)", three)
+	}
+	got := ns.Run(t, "nft", "list", "ruleset")
+	if w := whole(c); w != got {
+		t.Fatalf("updated:\n%s\nwhole apply:\n%s", got, w)
+	}
+
+	// Back to two tenants: the third's chain stays, its set emptied.
+	before = handle()
+	if s := update(three, b); s.Tenants != 3 || handle() != before {
+		t.Fatalf("one tenant fewer replaced the table (shape %+v)", s)
+	}
+	got = ns.Run(t, "nft", "list", "ruleset")
+	_, set, _ := strings.Cut(got, "set members4_3 {")
+	set, _, _ = strings.Cut(set, "}")
+	if !strings.Contains(got, "chain same4_3") || strings.Contains(set, "elements") {
+		t.Fatalf("after a tenant left, the third tenant's chain and an empty set should stay:\n%s", got)
+	}
+	if strings.Count(got, "10.88.1.") != strings.Count(whole(b), "10.88.1.") {
+		t.Fatal("a refill after a tenant left holds other addresses than a whole apply")
+	}
+}

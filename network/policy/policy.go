@@ -415,3 +415,52 @@ func fmtRanges(rs []Range) string {
 	}
 	return "{ " + strings.Join(parts, ", ") + " }"
 }
+
+// Shape is what of a Ruleset its table's chains and rules show; the rest
+// is set elements. A table of one shape can take another Ruleset by
+// having its sets refilled when the Ruleset Fits it (see Update).
+type Shape struct {
+	// Tenants is how many tenants have a chain and a member set each
+	// (numbered 1 to Tenants, in both families).
+	Tenants         int
+	Ingress, Egress []Match // without their ranges
+	Publish         []PortMap
+}
+
+// ShapeOf is the shape of the table that installs rs.
+func ShapeOf(rs Ruleset) Shape {
+	s := Shape{Tenants: tenantCount(rs), Publish: slices.Clone(rs.Publish)}
+	for _, m := range rs.Ingress {
+		s.Ingress = append(s.Ingress, Match{Comment: m.Comment, V6: m.V6, Proto: m.Proto, Port: m.Port})
+	}
+	for _, m := range rs.Egress {
+		s.Egress = append(s.Egress, Match{Comment: m.Comment, V6: m.V6, Proto: m.Proto, Port: m.Port})
+	}
+	return s
+}
+
+// Fits reports whether a table of shape s can install rs by refilling its
+// sets: the same rules and published ports, and no more tenants than it has
+// chains for (a tenant chain left over is harmless: no address jumps to it,
+// and its member set is emptied).
+func (s Shape) Fits(rs Ruleset) bool {
+	o := ShapeOf(rs)
+	return o.Tenants <= s.Tenants && slices.Equal(o.Publish, s.Publish) &&
+		slices.EqualFunc(o.Ingress, s.Ingress, sameMatchShape) && slices.EqualFunc(o.Egress, s.Egress, sameMatchShape)
+}
+
+// tenantCount is how many tenants rs numbers: Compile numbers them from 1
+// without gaps, and every tenant has an address.
+func tenantCount(rs Ruleset) int {
+	n := 0
+	for _, num := range rs.Tenant {
+		n = max(n, int(num))
+	}
+	return n
+}
+
+// sameMatchShape compares two matches but for their address ranges, which
+// are set elements.
+func sameMatchShape(a, b Match) bool {
+	return a.Comment == b.Comment && a.V6 == b.V6 && a.Proto == b.Proto && a.Port == b.Port
+}

@@ -118,3 +118,50 @@ func TestCompileRejectsBadInput(t *testing.T) {
 		})
 	}
 }
+
+func TestShapeFits(t *testing.T) {
+	a := netip.MustParseAddr
+	rules := []Rule{{Name: "in", Target: Selector{Tenant: "acme", Labels: map[string]string{"app": "db"}},
+		Peers: []Peer{{Selector: &Selector{Tenant: "globex"}}}, Ports: []Port{{Proto: "tcp", Port: 5432}}}}
+	compile := func(eps []Endpoint, rules []Rule, ports []PortMap) Ruleset {
+		rs, err := Compile(eps, rules, ports)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rs
+	}
+	base := ShapeOf(compile(eps(), rules, nil))
+	if base.Tenants != 2 {
+		t.Fatalf("shape %+v, want 2 tenants", base)
+	}
+	more := append(eps(), Endpoint{ID: "web3", Tenant: "acme", Addrs: []netip.Addr{a("10.88.0.9")}, Labels: map[string]string{"app": "db"}})
+	newTenant := append(eps(), Endpoint{ID: "x", Tenant: "initech", Addrs: []netip.Addr{a("10.88.0.10")}})
+	acmeOnly := eps()[:3]
+	otherPort := []Rule{rules[0]}
+	otherPort[0].Ports = []Port{{Proto: "tcp", Port: 5433}}
+	published := []PortMap{{Proto: "tcp", HostPort: 8080, ContainerAddr: a("10.88.0.1"), ContainerPort: 80}}
+	for _, c := range []struct {
+		name string
+		rs   Ruleset
+		want bool
+	}{
+		{"itself", compile(eps(), rules, nil), true},
+		{"a container more of a tenant there, in a rule's ranges", compile(more, rules, nil), true},
+		// A rule whose peers are all gone compiles to nothing.
+		{"a tenant fewer, the rule's only peers", compile(acmeOnly, rules, nil), false},
+		{"a new tenant", compile(newTenant, rules, nil), false},
+		{"another port", compile(eps(), otherPort, nil), false},
+		{"a published port", compile(eps(), rules, published), false},
+	} {
+		if got := base.Fits(c.rs); got != c.want {
+			t.Errorf("%s: fits %v, want %v", c.name, got, c.want)
+		}
+	}
+	// Without rules, fewer tenants (down to none) fit: their chains stay.
+	bare := ShapeOf(compile(eps(), nil, nil))
+	for _, e := range [][]Endpoint{acmeOnly, nil} {
+		if !bare.Fits(compile(e, nil, nil)) {
+			t.Errorf("%d endpoints do not fit a table for %d tenants", len(e), bare.Tenants)
+		}
+	}
+}
