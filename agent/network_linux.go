@@ -38,6 +38,10 @@ type Network struct {
 	// policy is left alone, since applying it without the adopted
 	// containers would cut them off.
 	resumed bool
+	// undone holds containers whose detach failed: gone from policy, but
+	// their interface or addresses may remain, so the next detach (the
+	// container's removal) tries again.
+	undone map[string]bool
 }
 
 // NewNetwork opens the node's network (see network.New).
@@ -92,11 +96,20 @@ func (n *Network) Detach(id string) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	_, known := n.local[id]
-	// After Resume the set is complete: what it lacks has nothing to undo.
-	if !known && n.resumed {
+	// After Resume the set is complete: what it lacks has nothing to undo,
+	// unless an earlier detach of it failed.
+	if !known && n.resumed && !n.undone[id] {
 		return nil
 	}
 	err := n.m.Detach(id)
+	if err != nil {
+		if n.undone == nil {
+			n.undone = map[string]bool{}
+		}
+		n.undone[id] = true
+	} else {
+		delete(n.undone, id)
+	}
 	if known {
 		// Gone from policy even if the kernel refused: the container has
 		// ended, and its address must not keep a tenant's access.
