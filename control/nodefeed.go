@@ -16,21 +16,29 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// nodeFeed serves the agents' instance watches (GET
-// /v1/nodes/N/instances?watch=1) from one etcd watch over the placement
-// index, fanned out here by node. An etcd watcher per agent cost etcd an
-// interval-tree lookup per event over thousands of prefixes, and all of a
-// server's watchers share one gRPC stream: when a burst of placements
+// nodeFeed serves watches of one prefix from one etcd watch, fanned out
+// here by group: the agents' instance watches (GET
+// /v1/nodes/N/instances?watch=1) from the placement index by node, and
+// tenants' instance watches by tenant. An etcd watcher per agent cost etcd
+// an interval-tree lookup per event over thousands of prefixes, and all of
+// a server's watchers share one gRPC stream: when a burst of placements
 // filled it, etcd parked the watchers and caught each up from its
 // database, which at 5,000 nodes took an eighth of the machine. Each event
 // is also encoded once here rather than once per watcher.
 //
-// The feed keeps its recent events, so that an agent resuming from a
-// revision it holds is served from memory; one resuming from further back
-// is served by etcd, as before.
+// The feed keeps its recent events, so that a watch resuming from a
+// revision it holds is served from memory at once; one resuming from
+// further back is served by etcd, as before. (etcd serves a watch from a
+// past revision from its database, catching up every 100 ms: a client that
+// created an instance and then watched from that revision waited up to
+// that long to hear it was placed.)
 type nodeFeed struct {
 	st  *Store
 	log *slog.Logger
+	// prefix is what the feed follows; group names the subscribers of a
+	// key's events ("" for none).
+	prefix string
+	group  func(key string) string
 	// keep is how many recent events the feed holds for resuming watches;
 	// lag is how far a watcher may fall behind before it is told to list
 	// again rather than hold the feed's memory.
@@ -53,16 +61,19 @@ const (
 	feedLag  = 1 << 14
 )
 
-// feedEvent is one change to a node's instances: the line a watcher sends.
+// feedEvent is one change: the line a watcher sends, the group it goes to
+// and the object's labels, for selectors.
 type feedEvent struct {
-	node string
-	rev  int64
-	line []byte
+	group  string
+	rev    int64
+	line   []byte
+	labels map[string]string
 }
 
-// feedSub is one watch of a node's instances.
+// feedSub is one watch of a group's changes, those sel matches.
 type feedSub struct {
-	node string
+	group string
+	sel   api.Selector
 	// after is the revision the watcher has seen: it gets later events.
 	after int64
 	wake  chan struct{}
@@ -72,8 +83,26 @@ type feedSub struct {
 	err   error // ends the watch once the queue is sent
 }
 
+// newNodeFeed is the feed of the placement index, by node.
 func newNodeFeed(st *Store, log *slog.Logger) *nodeFeed {
-	return &nodeFeed{st: st, log: log, keep: feedKeep, lag: feedLag, subs: map[string]map[*feedSub]struct{}{}}
+	prefix := st.PlacedPrefix()
+	return newFeed(st, log, prefix, func(key string) string {
+		node, _, _ := strings.Cut(strings.TrimPrefix(key, prefix), "/")
+		return node
+	})
+}
+
+// newTenantFeed is the feed of a tenant-scoped kind's objects, by tenant.
+func newTenantFeed(st *Store, log *slog.Logger, k api.Kind) *nodeFeed {
+	prefix := st.KindPrefix(k, "")
+	return newFeed(st, log, prefix, func(key string) string {
+		tenant, _, _ := strings.Cut(strings.TrimPrefix(key, prefix), "/")
+		return tenant
+	})
+}
+
+func newFeed(st *Store, log *slog.Logger, prefix string, group func(string) string) *nodeFeed {
+	return &nodeFeed{st: st, log: log, prefix: prefix, group: group, keep: feedKeep, lag: feedLag, subs: map[string]map[*feedSub]struct{}{}}
 }
 
 // start begins following the index, if the feed does not yet, from the
@@ -85,7 +114,7 @@ func (f *nodeFeed) start(ctx, base context.Context) error {
 	if f.started {
 		return nil
 	}
-	resp, err := f.st.c.Get(ctx, f.st.PlacedPrefix(), clientv3.WithPrefix(), clientv3.WithCountOnly())
+	resp, err := f.st.c.Get(ctx, f.prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
 	if err != nil {
 		return fmt.Errorf("start the node feed: %w", err)
 	}
@@ -99,7 +128,7 @@ func (f *nodeFeed) start(ctx, base context.Context) error {
 func (f *nodeFeed) follow(base context.Context, rev int64) {
 	for base.Err() == nil {
 		ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(base))
-		wch := f.st.c.Watch(ctx, f.st.PlacedPrefix(), clientv3.WithPrefix(), clientv3.WithPrevKV(),
+		wch := f.st.c.Watch(ctx, f.prefix, clientv3.WithPrefix(), clientv3.WithPrevKV(),
 			clientv3.WithProgressNotify(), clientv3.WithRev(rev+1))
 		for resp := range wch {
 			if err := resp.Err(); err != nil {
@@ -127,24 +156,18 @@ func (f *nodeFeed) follow(base context.Context, rev int64) {
 	f.stop(api.Errorf(http.StatusServiceUnavailable, "watch: the server is shutting down"))
 }
 
-// nodeOf is the node of an index key.
-func (f *nodeFeed) nodeOf(key string) string {
-	node, _, _ := strings.Cut(strings.TrimPrefix(key, f.st.PlacedPrefix()), "/")
-	return node
-}
-
 func (f *nodeFeed) publish(evs []*clientv3.Event) {
 	batch := make([]feedEvent, 0, len(evs))
 	for _, ev := range evs {
-		if line, ok := watchLine(api.KindInstance, ev, nil); ok {
-			batch = append(batch, feedEvent{node: f.nodeOf(string(ev.Kv.Key)), rev: ev.Kv.ModRevision, line: line})
+		if line, o, ok := watchObjectLine(api.KindInstance, ev); ok {
+			batch = append(batch, feedEvent{group: f.group(string(ev.Kv.Key)), rev: ev.Kv.ModRevision, line: line, labels: o.GetMeta().Labels})
 		}
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, e := range batch {
-		for sub := range f.subs[e.node] {
-			if e.rev > sub.after {
+		for sub := range f.subs[e.group] {
+			if e.rev > sub.after && sub.sel.Matches(e.labels) {
 				f.queue(sub, e.line)
 			}
 		}
@@ -174,7 +197,7 @@ func (f *nodeFeed) queue(sub *feedSub, line []byte) {
 // end ends sub's watch with err once its queue is sent; mu is held.
 func (f *nodeFeed) end(sub *feedSub, err error) {
 	sub.err = err
-	delete(f.subs[sub.node], sub)
+	delete(f.subs[sub.group], sub)
 	select {
 	case sub.wake <- struct{}{}:
 	default:
@@ -205,33 +228,33 @@ func (f *nodeFeed) stop(err error) {
 	f.started, f.ring = false, nil
 }
 
-// subscribe starts a watch of node's instances after rev; false when the
-// feed does not hold every change since rev.
-func (f *nodeFeed) subscribe(node string, rev int64) (*feedSub, bool) {
+// subscribe starts a watch of group's changes after rev that sel
+// matches; false when the feed does not hold every change since rev.
+func (f *nodeFeed) subscribe(group string, rev int64, sel api.Selector) (*feedSub, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if !f.started || rev < f.from {
 		return nil, false
 	}
-	sub := &feedSub{node: node, after: rev, wake: make(chan struct{}, 1)}
+	sub := &feedSub{group: group, sel: sel, after: rev, wake: make(chan struct{}, 1)}
 	for i := sort.Search(len(f.ring), func(i int) bool { return f.ring[i].rev > rev }); i < len(f.ring); i++ {
-		if f.ring[i].node == node {
-			f.queue(sub, f.ring[i].line)
+		if e := f.ring[i]; e.group == group && sel.Matches(e.labels) {
+			f.queue(sub, e.line)
 		}
 	}
-	if f.subs[node] == nil {
-		f.subs[node] = map[*feedSub]struct{}{}
+	if f.subs[group] == nil {
+		f.subs[group] = map[*feedSub]struct{}{}
 	}
-	f.subs[node][sub] = struct{}{}
+	f.subs[group][sub] = struct{}{}
 	return sub, true
 }
 
 func (f *nodeFeed) unsubscribe(sub *feedSub) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	delete(f.subs[sub.node], sub)
-	if len(f.subs[sub.node]) == 0 {
-		delete(f.subs, sub.node)
+	delete(f.subs[sub.group], sub)
+	if len(f.subs[sub.group]) == 0 {
+		delete(f.subs, sub.group)
 	}
 }
 
@@ -244,23 +267,23 @@ func (f *nodeFeed) take(sub *feedSub) ([][]byte, error) {
 	return q, sub.err
 }
 
-// watchNode serves a node's instance watch from the feed, or from etcd
-// when the feed does not reach back to the asked revision.
-func (s *Server) watchNode(w http.ResponseWriter, r *http.Request, node string) {
+// watchFeed serves a watch of group's changes from f, or, when f does not
+// reach back to the asked revision, of prefix from etcd.
+func (s *Server) watchFeed(w http.ResponseWriter, r *http.Request, f *nodeFeed, group string, sel api.Selector, k api.Kind, prefix string) {
 	rev, err := watchRevision(r)
 	if err != nil {
 		s.fail(w, err)
 		return
 	}
-	if err := s.feed.start(r.Context(), s.base); err != nil {
-		s.cfg.Log.Warn("node feed", "err", err)
+	if err := f.start(r.Context(), s.base); err != nil {
+		s.cfg.Log.Warn("watch feed", "prefix", f.prefix, "err", err)
 	}
-	sub, ok := s.feed.subscribe(node, rev)
+	sub, ok := f.subscribe(group, rev, sel)
 	if !ok {
-		s.watch(w, r, api.KindInstance, s.st.NodePrefix(node), nil)
+		s.watch(w, r, k, prefix, sel)
 		return
 	}
-	defer s.feed.unsubscribe(sub)
+	defer f.unsubscribe(sub)
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
 	fl, _ := w.(http.Flusher)
@@ -275,7 +298,7 @@ func (s *Server) watchNode(w http.ResponseWriter, r *http.Request, node string) 
 			return
 		case <-sub.wake:
 		}
-		lines, err := s.feed.take(sub)
+		lines, err := f.take(sub)
 		for _, l := range lines {
 			if _, werr := w.Write(l); werr != nil {
 				return

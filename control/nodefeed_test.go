@@ -56,11 +56,11 @@ func names(t *testing.T, f *nodeFeed, sub *feedSub) ([]string, error) {
 
 func TestFeedDeliversEachNodeItsOwnChangesAfterItsRevision(t *testing.T) {
 	f := feedFor(10)
-	if _, ok := f.subscribe("n1", 9); ok {
+	if _, ok := f.subscribe("n1", 9, nil); ok {
 		t.Fatal("a watch from before the feed's start was taken; etcd must serve it")
 	}
 	// n1 listed at 12, but the feed has yet to hear of 11 and 12.
-	sub, ok := f.subscribe("n1", 12)
+	sub, ok := f.subscribe("n1", 12, nil)
 	if !ok {
 		t.Fatal("a watch from after the feed's start was refused")
 	}
@@ -71,7 +71,7 @@ func TestFeedDeliversEachNodeItsOwnChangesAfterItsRevision(t *testing.T) {
 		t.Fatalf("got %v %v, want only n1's change after 12", got, err)
 	}
 	// A watch resuming from 10 replays n1's changes since, from memory.
-	again, ok := f.subscribe("n1", 10)
+	again, ok := f.subscribe("n1", 10, nil)
 	if !ok {
 		t.Fatal("resume refused")
 	}
@@ -95,10 +95,10 @@ func TestFeedForgetsOldHistoryAndSendsResumesBeforeItToEtcd(t *testing.T) {
 	if len(f.ring) != 4 || f.from != 5 {
 		t.Fatalf("ring %d events from %d, want 4 from 5", len(f.ring), f.from)
 	}
-	if _, ok := f.subscribe("n1", 4); ok {
+	if _, ok := f.subscribe("n1", 4, nil); ok {
 		t.Fatal("resume from a forgotten revision was taken")
 	}
-	sub, ok := f.subscribe("n1", 5)
+	sub, ok := f.subscribe("n1", 5, nil)
 	if !ok {
 		t.Fatal("resume from the oldest kept revision refused")
 	}
@@ -110,8 +110,8 @@ func TestFeedForgetsOldHistoryAndSendsResumesBeforeItToEtcd(t *testing.T) {
 func TestFeedEndsAWatchThatFallsBehind(t *testing.T) {
 	f := feedFor(0)
 	f.lag = 2
-	slow, _ := f.subscribe("n1", 0)
-	fast, _ := f.subscribe("n2", 0)
+	slow, _ := f.subscribe("n1", 0, nil)
+	fast, _ := f.subscribe("n2", 0, nil)
 	for rev := int64(1); rev <= 3; rev++ {
 		f.publish([]*clientv3.Event{put(t, "n1", fmt.Sprint("i", rev), rev)})
 	}
@@ -128,7 +128,7 @@ func TestFeedEndsAWatchThatFallsBehind(t *testing.T) {
 	if _, err := names(t, f, fast); api.Code(err) != http.StatusGone {
 		t.Fatalf("after stop: %v", err)
 	}
-	if _, ok := f.subscribe("n2", 4); ok {
+	if _, ok := f.subscribe("n2", 4, nil); ok {
 		t.Fatal("a stopped feed took a watch")
 	}
 }
@@ -186,4 +186,63 @@ func TestNodeWatchResumesThroughTheFeed(t *testing.T) {
 	next(w, "c")
 	next(old, "a")
 	next(old, "b")
+}
+
+// A tenant's instance watch from the revision of its create is served
+// from the feed: its tenant's changes only, filtered by its selector, and
+// resumed from memory after its connection drops.
+func TestInstanceWatchesAreServedFromTheFeed(t *testing.T) {
+	c := newCluster(t, false)
+	c.tenant(t, "t1")
+	c.tenant(t, "t2")
+	create := func(tenant, name, app string) int64 {
+		t.Helper()
+		in := &api.Instance{Meta: api.Meta{Name: name, Tenant: tenant, Labels: map[string]string{"app": app}},
+			Spec: api.InstanceSpec{Template: api.Template{Image: "busybox"}}}
+		if err := c.admin.Create(c.ctx, in); err != nil {
+			t.Fatal(err)
+		}
+		return in.ResourceVersion
+	}
+	// The feed starts with the server; wait until it follows.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		c.api.instances.mu.Lock()
+		started := c.api.instances.started
+		c.api.instances.mu.Unlock()
+		if started {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the instance feed did not start")
+		}
+	}
+	rev := create("t1", "first", "web")
+	create("t2", "other", "web")
+	create("t1", "db", "db")
+	create("t1", "second", "web")
+	ctx, cancel := context.WithTimeout(c.ctx, 30*time.Second)
+	defer cancel()
+	w := c.admin.Watch(ctx, api.KindInstance, "t1", "app=web", rev)
+	defer w.Close()
+	next := func(want string) {
+		t.Helper()
+		ev, err := w.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		in := &api.Instance{}
+		if err := ev.Into(in); err != nil || in.Name != want || in.Tenant != "t1" {
+			t.Fatalf("got %s/%s %v, want t1/%s", in.Tenant, in.Name, err, want)
+		}
+	}
+	next("second")
+	c.api.instances.mu.Lock()
+	served := len(c.api.instances.subs["t1"])
+	c.api.instances.mu.Unlock()
+	if served != 1 {
+		t.Fatalf("%d t1 watches on the feed, want 1", served)
+	}
+	c.srv.CloseClientConnections()
+	create("t1", "third", "web")
+	next("third")
 }

@@ -56,8 +56,8 @@ type Server struct {
 	base context.Context
 	// fabric is the nodes' view of each other, followed once asked for.
 	fabric *fabricCache
-	// feed serves the agents' instance watches.
-	feed *nodeFeed
+	// feed serves the agents' instance watches; instances, tenants'.
+	feed, instances *nodeFeed
 	// reports writes the agents' status reports.
 	reports *reportWriter
 	// draining is closed when the HTTP server starts shutting down: long
@@ -84,8 +84,15 @@ func NewServer(cfg Config) *Server {
 		auth: newAuthenticator(cfg.Store, cfg.Now),
 		self: &selfCerts{ca: cfg.CA, now: cfg.Now, rnd: cfg.Rand},
 		base: ctx, fabric: newFabricCache(cfg.Store, cfg.Log),
-		feed: newNodeFeed(cfg.Store, cfg.Log), reports: newReportWriter(ctx, cfg.Store, reportGroup), draining: make(chan struct{})}
+		feed: newNodeFeed(cfg.Store, cfg.Log), instances: newTenantFeed(cfg.Store, cfg.Log, api.KindInstance), reports: newReportWriter(ctx, cfg.Store, reportGroup), draining: make(chan struct{})}
 	go s.auth.follow(ctx)
+	// Followed from the start, so that a client's watch from the revision
+	// of its create is served from memory.
+	go func() {
+		if err := s.instances.start(ctx, ctx); err != nil && ctx.Err() == nil {
+			cfg.Log.Warn("instance watch feed", "err", err)
+		}
+	}()
 	m := http.NewServeMux()
 	m.HandleFunc("GET /v1/{kind}", s.handleList)
 	m.HandleFunc("POST /v1/{kind}", s.handleCreate)
@@ -209,6 +216,10 @@ func (s *Server) handleList(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.URL.Query().Get("watch") != "" {
+		if k == api.KindInstance && tenant != "" {
+			s.watchFeed(w, r, s.instances, tenant, sel, k, s.st.KindPrefix(k, tenant))
+			return
+		}
 		s.watch(w, r, k, s.st.KindPrefix(k, tenant), sel)
 		return
 	}
@@ -287,13 +298,22 @@ func watchRevision(r *http.Request) (int64, error) {
 // objects of kind k; false when there is nothing to tell (sel does not
 // match, or a delete without the deleted value).
 func watchLine(k api.Kind, ev *clientv3.Event, sel api.Selector) ([]byte, bool) {
+	line, o, ok := watchObjectLine(k, ev)
+	if !ok || !sel.Matches(o.GetMeta().Labels) {
+		return nil, false
+	}
+	return line, true
+}
+
+// watchObjectLine is watchLine for every object, and the object.
+func watchObjectLine(k api.Kind, ev *clientv3.Event) ([]byte, api.Object, bool) {
 	we := api.WatchEvent{Revision: ev.Kv.ModRevision}
 	value := ev.Kv.Value
 	switch {
 	case ev.Type == clientv3.EventTypeDelete:
 		we.Type = api.Deleted
 		if ev.PrevKv == nil {
-			return nil, false
+			return nil, nil, false
 		}
 		value = ev.PrevKv.Value
 	case ev.IsCreate():
@@ -302,12 +322,12 @@ func watchLine(k api.Kind, ev *clientv3.Event, sel api.Selector) ([]byte, bool) 
 		we.Type = api.Modified
 	}
 	o, err := Decode(k, value, ev.Kv.ModRevision)
-	if err != nil || !sel.Matches(o.GetMeta().Labels) {
-		return nil, false
+	if err != nil {
+		return nil, nil, false
 	}
 	we.Object, _ = json.Marshal(redact(o))
 	line, err := jsonLine(we)
-	return line, err == nil
+	return line, o, err == nil
 }
 
 // jsonLine is v as one line of JSON.
@@ -713,7 +733,7 @@ func (s *Server) handleNodeInstances(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.URL.Query().Get("watch") != "" {
-		s.watchNode(w, r, name)
+		s.watchFeed(w, r, s.feed, name, nil, api.KindInstance, s.st.NodePrefix(name))
 		return
 	}
 	// The feed follows from before the list, so the watch that follows
