@@ -61,13 +61,15 @@ const (
 	feedLag  = 1 << 14
 )
 
-// feedEvent is one change: the line a watcher sends, the group it goes to
-// and the object's labels, for selectors.
+// feedEvent is one change: the group it goes to and, once a watcher wants
+// it, the line a watcher sends and the object's labels, for selectors.
 type feedEvent struct {
 	group  string
 	rev    int64
+	ev     *clientv3.Event
 	line   []byte
 	labels map[string]string
+	skip   bool // nothing to send
 }
 
 // feedSub is one watch of a group's changes, those sel matches.
@@ -156,18 +158,29 @@ func (f *nodeFeed) follow(base context.Context, rev int64) {
 	f.stop(api.Errorf(http.StatusServiceUnavailable, "watch: the server is shutting down"))
 }
 
+// publish hands evs to their watchers and keeps them. An event is encoded
+// only once a watcher wants it: the tenants' feed sees every instance
+// change of a fleet, most of them watched by no one.
 func (f *nodeFeed) publish(evs []*clientv3.Event) {
-	batch := make([]feedEvent, 0, len(evs))
-	for _, ev := range evs {
-		if line, o, ok := watchObjectLine(api.KindInstance, ev); ok {
-			batch = append(batch, feedEvent{group: f.group(string(ev.Kv.Key)), rev: ev.Kv.ModRevision, line: line, labels: o.GetMeta().Labels})
+	batch := make([]feedEvent, len(evs))
+	f.mu.Lock()
+	watched := make([]bool, len(evs))
+	for i, ev := range evs {
+		batch[i] = feedEvent{group: f.group(string(ev.Kv.Key)), rev: ev.Kv.ModRevision, ev: ev}
+		watched[i] = len(f.subs[batch[i].group]) > 0
+	}
+	f.mu.Unlock()
+	for i := range batch {
+		if watched[i] {
+			batch[i].encode()
 		}
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	for _, e := range batch {
+	for i := range batch {
+		e := &batch[i]
 		for sub := range f.subs[e.group] {
-			if e.rev > sub.after && sub.sel.Matches(e.labels) {
+			if e.rev > sub.after && e.encode() && sub.sel.Matches(e.labels) {
 				f.queue(sub, e.line)
 			}
 		}
@@ -178,6 +191,19 @@ func (f *nodeFeed) publish(evs []*clientv3.Event) {
 		f.from = f.ring[drop-1].rev
 		f.ring = append([]feedEvent(nil), f.ring[drop:]...)
 	}
+}
+
+// encode makes e's line, once; false if there is nothing to send (a
+// delete without the deleted value, or an undecodable one).
+func (e *feedEvent) encode() bool {
+	if e.line == nil && !e.skip {
+		line, o, ok := watchObjectLine(api.KindInstance, e.ev)
+		if ok {
+			e.line, e.labels = line, o.GetMeta().Labels
+		}
+		e.skip = !ok
+	}
+	return !e.skip
 }
 
 // queue hands a line to sub, or ends it once it has fallen too far
@@ -238,7 +264,7 @@ func (f *nodeFeed) subscribe(group string, rev int64, sel api.Selector) (*feedSu
 	}
 	sub := &feedSub{group: group, sel: sel, after: rev, wake: make(chan struct{}, 1)}
 	for i := sort.Search(len(f.ring), func(i int) bool { return f.ring[i].rev > rev }); i < len(f.ring); i++ {
-		if e := f.ring[i]; e.group == group && sel.Matches(e.labels) {
+		if e := &f.ring[i]; e.group == group && e.encode() && sel.Matches(e.labels) {
 			f.queue(sub, e.line)
 		}
 	}
