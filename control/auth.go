@@ -60,11 +60,12 @@ type authenticator struct {
 	// All guarded by mu.
 	cache map[string]cachedPrincipal
 	// watching is true while the token watch follows the store; since is
-	// the revision it follows from, and changed the revision of the last
-	// change it saw to each token ("tenant/name").
-	watching bool
-	since    int64
-	changed  map[string]int64
+	// the revision it follows from, and changedRev the revision of the
+	// last change seen to each token ("tenant/name"), by the watch or by
+	// this server's own writes.
+	watching   bool
+	since      int64
+	changedRev map[string]int64
 }
 
 type cachedPrincipal struct {
@@ -81,7 +82,7 @@ const (
 )
 
 func newAuthenticator(st *Store, now func() time.Time) *authenticator {
-	return &authenticator{store: st, now: now, cache: map[string]cachedPrincipal{}, changed: map[string]int64{}}
+	return &authenticator{store: st, now: now, cache: map[string]cachedPrincipal{}, changedRev: map[string]int64{}}
 }
 
 // follow watches the tokens until ctx ends, dropping cached principals as
@@ -114,7 +115,7 @@ func (a *authenticator) follow(ctx context.Context) {
 			a.mu.Lock()
 			for _, ev := range resp.Events {
 				tok := strings.TrimPrefix(string(ev.Kv.Key), prefix)
-				a.changed[tok] = ev.Kv.ModRevision
+				a.changedRev[tok] = max(a.changedRev[tok], ev.Kv.ModRevision)
 				for k, c := range a.cache {
 					if c.p.Token == tok {
 						delete(a.cache, k)
@@ -138,7 +139,7 @@ func (a *authenticator) unwatched(clear bool) {
 	defer a.mu.Unlock()
 	a.watching = false
 	if clear {
-		a.cache, a.changed = map[string]cachedPrincipal{}, map[string]int64{}
+		a.cache, a.changedRev = map[string]cachedPrincipal{}, map[string]int64{}
 		return
 	}
 	limit := a.now().Add(cacheTTL)
@@ -205,6 +206,20 @@ func (a *authenticator) authenticate(ctx context.Context, r *http.Request) (Prin
 	return p, nil
 }
 
+// changed drops the cached principals of token tok ("tenant/name"), which
+// a write at rev changed, and keeps reads older than rev from being cached:
+// the server that made the change knows of it before its watch does.
+func (a *authenticator) changed(tok string, rev int64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.changedRev[tok] = max(a.changedRev[tok], rev)
+	for k, c := range a.cache {
+		if c.p.Token == tok {
+			delete(a.cache, k)
+		}
+	}
+}
+
 // cached is the principal remembered under key, if it is still good.
 func (a *authenticator) cached(key string) (Principal, bool) {
 	now := a.now()
@@ -224,7 +239,7 @@ func (a *authenticator) remember(key string, p Principal, rev int64, expires tim
 	defer a.mu.Unlock()
 	exp := now.Add(cacheTTL)
 	if a.watching {
-		if rev < a.since || a.changed[p.Token] > rev {
+		if rev < a.since || a.changedRev[p.Token] > rev {
 			return
 		}
 		exp = now.Add(cacheWatched)

@@ -334,7 +334,7 @@ func (s *Server) issueNodeCert(w http.ResponseWriter, r *http.Request, req api.J
 		return
 	}
 	name := certTokenName(req.Node)
-	_, err = s.st.Modify(r.Context(), api.KindToken, api.SystemTenant, name, func(o api.Object) error {
+	rec, err := s.st.Modify(r.Context(), api.KindToken, api.SystemTenant, name, func(o api.Object) error {
 		t := o.(*api.Token)
 		if t.Role != api.RoleNode || t.Node != req.Node {
 			return api.Errorf(http.StatusConflict, "token %s is not node %s's certificate record", name, req.Node)
@@ -349,18 +349,17 @@ func (s *Server) issueNodeCert(w http.ResponseWriter, r *http.Request, req api.J
 		return nil
 	})
 	if api.IsNotFound(err) {
-		err = s.st.Create(r.Context(), &api.Token{Meta: api.Meta{Name: name, Tenant: api.SystemTenant, Created: now},
-			Role: api.RoleNode, Node: req.Node, Certificate: pki.Fingerprint(cert)})
+		t := &api.Token{Meta: api.Meta{Name: name, Tenant: api.SystemTenant, Created: now},
+			Role: api.RoleNode, Node: req.Node, Certificate: pki.Fingerprint(cert)}
+		rec, err = t, s.st.Create(r.Context(), t)
 	}
 	if err != nil {
 		s.fail(w, fmt.Errorf("record node %s's certificate: %w", req.Node, err))
 		return
 	}
-	if !renew {
-		s.auth.forget(func(p Principal) bool {
-			return p.Role == api.RoleNode && p.Node == req.Node && p.Token == api.SystemTenant+"/"+name
-		})
-	}
+	// Which certificates are good changed: this server knows at once, not
+	// when its token watch hears of it.
+	s.auth.changed(api.SystemTenant+"/"+name, rec.GetMeta().ResourceVersion)
 	s.cfg.Log.Info("issued node certificate", "node", req.Node, "expires", cert.NotAfter)
 	writeJSON(w, http.StatusOK, api.JoinResponse{Certificate: string(certPEM), CA: string(s.cfg.CA.CertPEM)})
 }
