@@ -56,8 +56,8 @@ type Server struct {
 	base context.Context
 	// fabric is the nodes' view of each other, followed once asked for.
 	fabric *fabricCache
-	// feed serves the agents' instance watches; instances, tenants'.
-	feed, instances *nodeFeed
+	// nodes serves the agents' instance watches; instances, tenants'.
+	nodes, instances *watchFeed
 	// reports writes the agents' status reports.
 	reports *reportWriter
 	// draining is closed when the HTTP server starts shutting down: long
@@ -84,7 +84,7 @@ func NewServer(cfg Config) *Server {
 		auth: newAuthenticator(cfg.Store, cfg.Now),
 		self: &selfCerts{ca: cfg.CA, now: cfg.Now, rnd: cfg.Rand},
 		base: ctx, fabric: newFabricCache(cfg.Store, cfg.Log),
-		feed: newNodeFeed(cfg.Store, cfg.Log), instances: newTenantFeed(cfg.Store, cfg.Log, api.KindInstance), reports: newReportWriter(ctx, cfg.Store, reportGroup), draining: make(chan struct{})}
+		nodes: newNodeFeed(cfg.Store, cfg.Log), instances: newTenantFeed(cfg.Store, cfg.Log, api.KindInstance), reports: newReportWriter(ctx, cfg.Store, reportGroup), draining: make(chan struct{})}
 	go s.auth.follow(ctx)
 	// Followed from the start, so that a client's watch from the revision
 	// of its create is served from memory.
@@ -217,7 +217,7 @@ func (s *Server) handleList(w http.ResponseWriter, r *http.Request) {
 	}
 	if r.URL.Query().Get("watch") != "" {
 		if k == api.KindInstance && tenant != "" {
-			s.watchFeed(w, r, s.instances, tenant, sel, k, s.st.KindPrefix(k, tenant))
+			s.serveFeed(w, r, s.instances, tenant, sel, k, s.st.KindPrefix(k, tenant))
 			return
 		}
 		s.watch(w, r, k, s.st.KindPrefix(k, tenant), sel)
@@ -733,12 +733,12 @@ func (s *Server) handleNodeInstances(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.URL.Query().Get("watch") != "" {
-		s.watchFeed(w, r, s.feed, name, nil, api.KindInstance, s.st.NodePrefix(name))
+		s.serveFeed(w, r, s.nodes, name, nil, api.KindInstance, s.st.NodePrefix(name))
 		return
 	}
 	// The feed follows from before the list, so the watch that follows
 	// the list is served from it.
-	if err := s.feed.start(r.Context(), s.base); err != nil {
+	if err := s.nodes.start(r.Context(), s.base); err != nil {
 		s.cfg.Log.Warn("node feed", "err", err)
 	}
 	items, rev, err := s.st.ListPrefix(r.Context(), api.KindInstance, s.st.NodePrefix(name), nil)

@@ -17,7 +17,7 @@ import (
 
 // feedFor is a started feed over a store that is never read: publish and
 // subscribe need no etcd.
-func feedFor(from int64) *nodeFeed {
+func feedFor(from int64) *watchFeed {
 	f := newNodeFeed(NewStore(nil, "/p"), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	f.started, f.from = true, from
 	return f
@@ -36,7 +36,7 @@ func put(t *testing.T, node, name string, rev int64) *clientv3.Event {
 }
 
 // names decodes what sub has to send.
-func names(t *testing.T, f *nodeFeed, sub *feedSub) ([]string, error) {
+func names(t *testing.T, f *watchFeed, sub *feedSub) ([]string, error) {
 	t.Helper()
 	lines, err := f.take(sub)
 	var got []string
@@ -173,9 +173,9 @@ func TestNodeWatchResumesThroughTheFeed(t *testing.T) {
 	place("a", "n1")
 	place("elsewhere", "n2")
 	next(w, "a")
-	c.api.feed.mu.Lock()
-	served := len(c.api.feed.subs["n1"])
-	c.api.feed.mu.Unlock()
+	c.api.nodes.mu.Lock()
+	served := len(c.api.nodes.subs["n1"])
+	c.api.nodes.mu.Unlock()
 	if served != 1 {
 		t.Fatalf("%d n1 watches on the feed, want 1 (the other resumes from before it)", served)
 	}

@@ -16,7 +16,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// nodeFeed serves watches of one prefix from one etcd watch, fanned out
+// watchFeed serves watches of one prefix from one etcd watch, fanned out
 // here by group: the agents' instance watches (GET
 // /v1/nodes/N/instances?watch=1) from the placement index by node, and
 // tenants' instance watches by tenant. An etcd watcher per agent cost etcd
@@ -32,7 +32,7 @@ import (
 // past revision from its database, catching up every 100 ms: a client that
 // created an instance and then watched from that revision waited up to
 // that long to hear it was placed.)
-type nodeFeed struct {
+type watchFeed struct {
 	st  *Store
 	log *slog.Logger
 	// prefix is what the feed follows; group names the subscribers of a
@@ -86,7 +86,7 @@ type feedSub struct {
 }
 
 // newNodeFeed is the feed of the placement index, by node.
-func newNodeFeed(st *Store, log *slog.Logger) *nodeFeed {
+func newNodeFeed(st *Store, log *slog.Logger) *watchFeed {
 	prefix := st.PlacedPrefix()
 	return newFeed(st, log, prefix, func(key string) string {
 		node, _, _ := strings.Cut(strings.TrimPrefix(key, prefix), "/")
@@ -95,7 +95,7 @@ func newNodeFeed(st *Store, log *slog.Logger) *nodeFeed {
 }
 
 // newTenantFeed is the feed of a tenant-scoped kind's objects, by tenant.
-func newTenantFeed(st *Store, log *slog.Logger, k api.Kind) *nodeFeed {
+func newTenantFeed(st *Store, log *slog.Logger, k api.Kind) *watchFeed {
 	prefix := st.KindPrefix(k, "")
 	return newFeed(st, log, prefix, func(key string) string {
 		tenant, _, _ := strings.Cut(strings.TrimPrefix(key, prefix), "/")
@@ -103,14 +103,14 @@ func newTenantFeed(st *Store, log *slog.Logger, k api.Kind) *nodeFeed {
 	})
 }
 
-func newFeed(st *Store, log *slog.Logger, prefix string, group func(string) string) *nodeFeed {
-	return &nodeFeed{st: st, log: log, prefix: prefix, group: group, keep: feedKeep, lag: feedLag, subs: map[string]map[*feedSub]struct{}{}}
+func newFeed(st *Store, log *slog.Logger, prefix string, group func(string) string) *watchFeed {
+	return &watchFeed{st: st, log: log, prefix: prefix, group: group, keep: feedKeep, lag: feedLag, subs: map[string]map[*feedSub]struct{}{}}
 }
 
 // start begins following the index, if the feed does not yet, from the
 // store's current revision. Agents list before they watch: starting at a
 // list means the watch that follows it is served here.
-func (f *nodeFeed) start(ctx, base context.Context) error {
+func (f *watchFeed) start(ctx, base context.Context) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.started {
@@ -127,7 +127,7 @@ func (f *nodeFeed) start(ctx, base context.Context) error {
 
 // follow watches the index from after rev until base ends, or until etcd
 // has compacted what the feed has not seen, which ends every watch.
-func (f *nodeFeed) follow(base context.Context, rev int64) {
+func (f *watchFeed) follow(base context.Context, rev int64) {
 	for base.Err() == nil {
 		ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(base))
 		wch := f.st.c.Watch(ctx, f.prefix, clientv3.WithPrefix(), clientv3.WithPrevKV(),
@@ -161,7 +161,7 @@ func (f *nodeFeed) follow(base context.Context, rev int64) {
 // publish hands evs to their watchers and keeps them. An event is encoded
 // only once a watcher wants it: the tenants' feed sees every instance
 // change of a fleet, most of them watched by no one.
-func (f *nodeFeed) publish(evs []*clientv3.Event) {
+func (f *watchFeed) publish(evs []*clientv3.Event) {
 	batch := make([]feedEvent, len(evs))
 	f.mu.Lock()
 	watched := make([]bool, len(evs))
@@ -208,7 +208,7 @@ func (e *feedEvent) encode() bool {
 
 // queue hands a line to sub, or ends it once it has fallen too far
 // behind; mu is held.
-func (f *nodeFeed) queue(sub *feedSub, line []byte) {
+func (f *watchFeed) queue(sub *feedSub, line []byte) {
 	if len(sub.queue) >= f.lag {
 		f.end(sub, api.Errorf(http.StatusGone, "watch: more than %d changes behind: list again", f.lag))
 		return
@@ -221,7 +221,7 @@ func (f *nodeFeed) queue(sub *feedSub, line []byte) {
 }
 
 // end ends sub's watch with err once its queue is sent; mu is held.
-func (f *nodeFeed) end(sub *feedSub, err error) {
+func (f *watchFeed) end(sub *feedSub, err error) {
 	sub.err = err
 	delete(f.subs[sub.group], sub)
 	select {
@@ -230,7 +230,7 @@ func (f *nodeFeed) end(sub *feedSub, err error) {
 	}
 }
 
-func (f *nodeFeed) bookmark(rev int64) {
+func (f *watchFeed) bookmark(rev int64) {
 	line, _ := jsonLine(api.WatchEvent{Type: "BOOKMARK", Revision: rev})
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -243,7 +243,7 @@ func (f *nodeFeed) bookmark(rev int64) {
 
 // stop ends every watch with err and forgets the history; the next list
 // starts the feed again.
-func (f *nodeFeed) stop(err error) {
+func (f *watchFeed) stop(err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, subs := range f.subs {
@@ -256,7 +256,7 @@ func (f *nodeFeed) stop(err error) {
 
 // subscribe starts a watch of group's changes after rev that sel
 // matches; false when the feed does not hold every change since rev.
-func (f *nodeFeed) subscribe(group string, rev int64, sel api.Selector) (*feedSub, bool) {
+func (f *watchFeed) subscribe(group string, rev int64, sel api.Selector) (*feedSub, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if !f.started || rev < f.from {
@@ -275,7 +275,7 @@ func (f *nodeFeed) subscribe(group string, rev int64, sel api.Selector) (*feedSu
 	return sub, true
 }
 
-func (f *nodeFeed) unsubscribe(sub *feedSub) {
+func (f *watchFeed) unsubscribe(sub *feedSub) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.subs[sub.group], sub)
@@ -285,7 +285,7 @@ func (f *nodeFeed) unsubscribe(sub *feedSub) {
 }
 
 // take returns what sub has to send, and the error that ends it after.
-func (f *nodeFeed) take(sub *feedSub) ([][]byte, error) {
+func (f *watchFeed) take(sub *feedSub) ([][]byte, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	q := sub.queue
@@ -293,9 +293,9 @@ func (f *nodeFeed) take(sub *feedSub) ([][]byte, error) {
 	return q, sub.err
 }
 
-// watchFeed serves a watch of group's changes from f, or, when f does not
+// serveFeed serves a watch of group's changes from f, or, when f does not
 // reach back to the asked revision, of prefix from etcd.
-func (s *Server) watchFeed(w http.ResponseWriter, r *http.Request, f *nodeFeed, group string, sel api.Selector, k api.Kind, prefix string) {
+func (s *Server) serveFeed(w http.ResponseWriter, r *http.Request, f *watchFeed, group string, sel api.Selector, k api.Kind, prefix string) {
 	rev, err := watchRevision(r)
 	if err != nil {
 		s.fail(w, err)
