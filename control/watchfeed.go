@@ -35,8 +35,9 @@ import (
 type watchFeed struct {
 	st  *Store
 	log *slog.Logger
-	// prefix is what the feed follows; group names the subscribers of a
-	// key's events ("" for none).
+	// kind is the kind of the objects under prefix, which the feed
+	// follows; group names the subscribers of a key's events.
+	kind   api.Kind
 	prefix string
 	group  func(key string) string
 	// keep is how many recent events the feed holds for resuming watches;
@@ -54,8 +55,8 @@ type watchFeed struct {
 }
 
 // feedKeep is how many recent events the feed keeps (between it and twice
-// that: an event's line is about a kilobyte); feedLag is how many a watcher
-// may have unsent.
+// that; an instance's event, with the value before it, is a few
+// kilobytes); feedLag is how many a watcher may have unsent.
 const (
 	feedKeep = 1 << 14
 	feedLag  = 1 << 14
@@ -64,6 +65,7 @@ const (
 // feedEvent is one change: the group it goes to and, once a watcher wants
 // it, the line a watcher sends and the object's labels, for selectors.
 type feedEvent struct {
+	kind   api.Kind
 	group  string
 	rev    int64
 	ev     *clientv3.Event
@@ -88,7 +90,7 @@ type feedSub struct {
 // newNodeFeed is the feed of the placement index, by node.
 func newNodeFeed(st *Store, log *slog.Logger) *watchFeed {
 	prefix := st.PlacedPrefix()
-	return newFeed(st, log, prefix, func(key string) string {
+	return newFeed(st, log, api.KindInstance, prefix, func(key string) string {
 		node, _, _ := strings.Cut(strings.TrimPrefix(key, prefix), "/")
 		return node
 	})
@@ -97,17 +99,18 @@ func newNodeFeed(st *Store, log *slog.Logger) *watchFeed {
 // newTenantFeed is the feed of a tenant-scoped kind's objects, by tenant.
 func newTenantFeed(st *Store, log *slog.Logger, k api.Kind) *watchFeed {
 	prefix := st.KindPrefix(k, "")
-	return newFeed(st, log, prefix, func(key string) string {
+	return newFeed(st, log, k, prefix, func(key string) string {
 		tenant, _, _ := strings.Cut(strings.TrimPrefix(key, prefix), "/")
 		return tenant
 	})
 }
 
-func newFeed(st *Store, log *slog.Logger, prefix string, group func(string) string) *watchFeed {
-	return &watchFeed{st: st, log: log, prefix: prefix, group: group, keep: feedKeep, lag: feedLag, subs: map[string]map[*feedSub]struct{}{}}
+func newFeed(st *Store, log *slog.Logger, k api.Kind, prefix string, group func(string) string) *watchFeed {
+	return &watchFeed{st: st, log: log, kind: k, prefix: prefix, group: group, keep: feedKeep, lag: feedLag,
+		subs: map[string]map[*feedSub]struct{}{}}
 }
 
-// start begins following the index, if the feed does not yet, from the
+// start begins following the prefix, if the feed does not yet, from the
 // store's current revision. Agents list before they watch: starting at a
 // list means the watch that follows it is served here.
 func (f *watchFeed) start(ctx, base context.Context) error {
@@ -118,14 +121,14 @@ func (f *watchFeed) start(ctx, base context.Context) error {
 	}
 	resp, err := f.st.c.Get(ctx, f.prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
 	if err != nil {
-		return fmt.Errorf("start the node feed: %w", err)
+		return fmt.Errorf("start the watch feed of %s: %w", f.prefix, err)
 	}
 	f.started, f.from, f.ring = true, resp.Header.Revision, nil
 	go f.follow(base, f.from)
 	return nil
 }
 
-// follow watches the index from after rev until base ends, or until etcd
+// follow watches the prefix from after rev until base ends, or until etcd
 // has compacted what the feed has not seen, which ends every watch.
 func (f *watchFeed) follow(base context.Context, rev int64) {
 	for base.Err() == nil {
@@ -136,10 +139,10 @@ func (f *watchFeed) follow(base context.Context, rev int64) {
 			if err := resp.Err(); err != nil {
 				if errors.Is(err, rpctypes.ErrCompacted) {
 					cancel()
-					f.stop(api.Errorf(http.StatusGone, "watch: the node feed fell behind etcd's history: list again"))
+					f.stop(api.Errorf(http.StatusGone, "watch: the server's feed fell behind etcd's history: list again"))
 					return
 				}
-				f.log.Warn("node feed watch", "err", err)
+				f.log.Warn("watch feed", "prefix", f.prefix, "err", err)
 				break
 			}
 			if resp.IsProgressNotify() {
@@ -166,7 +169,7 @@ func (f *watchFeed) publish(evs []*clientv3.Event) {
 	f.mu.Lock()
 	watched := make([]bool, len(evs))
 	for i, ev := range evs {
-		batch[i] = feedEvent{group: f.group(string(ev.Kv.Key)), rev: ev.Kv.ModRevision, ev: ev}
+		batch[i] = feedEvent{kind: f.kind, group: f.group(string(ev.Kv.Key)), rev: ev.Kv.ModRevision, ev: ev}
 		watched[i] = len(f.subs[batch[i].group]) > 0
 	}
 	f.mu.Unlock()
@@ -197,7 +200,7 @@ func (f *watchFeed) publish(evs []*clientv3.Event) {
 // delete without the deleted value, or an undecodable one).
 func (e *feedEvent) encode() bool {
 	if e.line == nil && !e.skip {
-		line, o, ok := watchObjectLine(api.KindInstance, e.ev)
+		line, o, ok := watchObjectLine(e.kind, e.ev)
 		if ok {
 			e.line, e.labels = line, o.GetMeta().Labels
 		}

@@ -173,10 +173,7 @@ func TestNodeWatchResumesThroughTheFeed(t *testing.T) {
 	place("a", "n1")
 	place("elsewhere", "n2")
 	next(w, "a")
-	c.api.nodes.mu.Lock()
-	served := len(c.api.nodes.subs["n1"])
-	c.api.nodes.mu.Unlock()
-	if served != 1 {
+	if served := watchers(c.api.nodes, "n1"); served != 1 {
 		t.Fatalf("%d n1 watches on the feed, want 1 (the other resumes from before it)", served)
 	}
 	c.srv.CloseClientConnections()
@@ -236,13 +233,17 @@ func TestInstanceWatchesAreServedFromTheFeed(t *testing.T) {
 		}
 	}
 	next("second")
-	c.api.instances.mu.Lock()
-	served := len(c.api.instances.subs["t1"])
-	c.api.instances.mu.Unlock()
-	if served != 1 {
+	if served := watchers(c.api.instances, "t1"); served != 1 {
 		t.Fatalf("%d t1 watches on the feed, want 1", served)
 	}
 	c.srv.CloseClientConnections()
 	create("t1", "third", "web")
 	next("third")
+}
+
+// watchers is how many watches of group f serves.
+func watchers(f *watchFeed, group string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.subs[group])
 }
