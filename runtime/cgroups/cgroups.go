@@ -78,6 +78,9 @@ type Manager interface {
 	Pids() ([]int, error)
 	// Stats reads usage counters and limits.
 	Stats() (*Stats, error)
+	// OOMKills is Stats().Memory.OOMKills, read alone: it is what an exit
+	// needs to know, and a whole Stats reads a dozen files.
+	OOMKills() (uint64, error)
 	// Destroy removes the cgroup (and its descendants) from every
 	// hierarchy, retrying briefly while the kernel still holds exited
 	// processes. Parents made by this Manager's Create are removed too

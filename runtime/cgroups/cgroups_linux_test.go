@@ -396,6 +396,9 @@ func TestV1MemoryLimitKillsAllocatorWithOOM(t *testing.T) {
 	if st.Memory.OOMKills == 0 {
 		t.Errorf("cgroup counts no OOM kill: %+v", st.Memory)
 	}
+	if n, err := m.OOMKills(); err != nil || n != st.Memory.OOMKills {
+		t.Errorf("OOMKills = %d, %v; Stats says %d", n, err, st.Memory.OOMKills)
+	}
 	if err := m.Destroy(); err != nil {
 		t.Fatalf("Destroy right after the OOM kill: %v", err)
 	}
@@ -799,5 +802,60 @@ func TestV2HugetlbLimitIsWritten(t *testing.T) {
 	}
 	if err := m.Destroy(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// FavorDynMods changes the host's cgroup2 superblock; the test gives it
+// back the flags it had.
+func TestFavorDynModsKeepsTheOtherOptions(t *testing.T) {
+	requireRoot(t)
+	read := func() (string, string, bool) {
+		f, err := os.Open("/proc/self/mountinfo")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		mnt, opts, ok, err := unifiedMount(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return mnt, opts, ok
+	}
+	mnt, before, ok := read()
+	if !ok {
+		t.Skip("no cgroup2 mount")
+	}
+	changed, err := FavorDynMods()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if changed {
+		t.Cleanup(func() {
+			var flags []string
+			for _, o := range strings.Split(before, ",") {
+				if o != "rw" && o != "ro" && o != "" {
+					flags = append(flags, o)
+				}
+			}
+			if err := reconfigureUnified(mnt, flags); err != nil {
+				t.Errorf("restore %s to %s: %v", mnt, before, err)
+			}
+		})
+	} else if !strings.Contains(before, "favordynmods") {
+		t.Fatalf("no change reported, but the options were %q", before)
+	}
+	_, after, _ := read()
+	want := strings.Split(before, ",")
+	if !strings.Contains(before, "favordynmods") {
+		want = append(want, "favordynmods")
+	}
+	got := strings.Split(after, ",")
+	slices.Sort(want)
+	slices.Sort(got)
+	if !slices.Equal(got, want) {
+		t.Fatalf("options %q after, %q before: want %q", after, before, want)
+	}
+	if changed, err := FavorDynMods(); changed || err != nil {
+		t.Fatalf("second call: changed %v, err %v; want neither", changed, err)
 	}
 }

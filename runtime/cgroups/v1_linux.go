@@ -408,6 +408,19 @@ func (m *v1Manager) Pids() ([]int, error) {
 	return pids, nil
 }
 
+func (m *v1Manager) OOMKills() (uint64, error) {
+	d, ok := m.dir("memory")
+	if !ok {
+		return 0, nil
+	}
+	r := statReader{}
+	n := r.kv(d + "/memory.oom_control")["oom_kill"]
+	if r.err != nil {
+		return 0, fmt.Errorf("oom kills of %s: %w", m.path, r.err)
+	}
+	return n, nil
+}
+
 func (m *v1Manager) Stats() (*Stats, error) {
 	var st Stats
 	r := statReader{}

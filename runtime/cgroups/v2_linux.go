@@ -222,6 +222,15 @@ func (m *v2Manager) Pids() ([]int, error) {
 	return pids, nil
 }
 
+func (m *v2Manager) OOMKills() (uint64, error) {
+	r := statReader{}
+	n := r.kv(m.dir + "/memory.events")["oom_kill"]
+	if r.err != nil {
+		return 0, fmt.Errorf("oom kills of %s: %w", m.path, r.err)
+	}
+	return n, nil
+}
+
 func (m *v2Manager) Stats() (*Stats, error) {
 	var st Stats
 	r := statReader{}
