@@ -96,6 +96,11 @@ func initContainer(cfg *initConfig, conn syncConn) error {
 			}
 		}
 	}
+	if p, ok := ns[specs.NetworkNamespace]; ok && p == "" && spec.Annotations[AnnotationLoopback] == "up" {
+		if err := loopbackUp(); err != nil {
+			return fmt.Errorf("annotations.%s: %w", AnnotationLoopback, err)
+		}
+	}
 	if _, err := unix.Setsid(); err != nil {
 		return fmt.Errorf("setsid: %w", err)
 	}
@@ -451,6 +456,27 @@ func executable(p string) error {
 	}
 	if st.Mode&0o111 == 0 {
 		return errors.New("permission denied (not executable)")
+	}
+	return nil
+}
+
+// loopbackUp sets IFF_UP on lo in the calling thread's network namespace.
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("bring lo up: %w", err)
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("bring lo up: %w", err)
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("bring lo up: %w", err)
 	}
 	return nil
 }

@@ -107,6 +107,15 @@ type initConfig struct {
 	// NewCgroupNS asks the child to unshare its cgroup namespace once the
 	// parent has placed it in its cgroup, so the namespace is rooted there.
 	NewCgroupNS bool `json:"newCgroupNS,omitempty"`
+	// Unshare are the namespaces the fast init makes itself, with a user
+	// namespace among them, rather than being cloned into them: Go cannot
+	// vfork into a new user namespace, and a full fork copies the
+	// parent's page tables, milliseconds for an agent of tens of
+	// megabytes (and growing with it). The init unshares the user
+	// namespace, has the parent map it, becomes RootUID/RootGID there,
+	// unshares the rest and forks into its new pid namespace.
+	Unshare          uintptr `json:"-"`
+	RootUID, RootGID uint32  `json:"-"`
 	// ExecJSON is set for a process joining an existing container, as
 	// JSON for the same reason as SpecJSON; Exec is decoded from it.
 	ExecJSON json.RawMessage `json:"exec,omitempty"`
@@ -183,12 +192,8 @@ func (r *Native) Create(ctx context.Context, id, bundle string, opts CreateOpts)
 	// Reap the init when it exits if this process outlives it (in-process
 	// callers); the CLI exits first and the init is re-parented.
 	r.exits.Delete(id)
-	cmd := c.cmd // not c: the goroutine lives as long as the container
-	go func() {
-		awaitExit(cmd.Process.Pid)
-		err := cmd.Wait()
-		r.exits.Store(id, exitCodeOf(cmd.ProcessState, err))
-	}()
+	wait := c.waitInit // not c: the goroutine lives as long as the container
+	go func() { r.exits.Store(id, wait()) }()
 	return nil
 }
 
@@ -228,9 +233,30 @@ func (r *Native) ExitCode(id string) (code int, ok bool) {
 }
 
 type created struct {
-	cmd  *exec.Cmd
-	rec  *record
-	spec *specs.Spec
+	cmd *exec.Cmd
+	// init is the container's init when the fast init forked it into its
+	// pid namespace (a child of this process all the same, by
+	// CLONE_PARENT); nil when it is cmd's process. cmdDone then has
+	// cmd.Wait's result: the stdio copying Wait finishes lasts as long as
+	// the init.
+	init    *os.Process
+	cmdDone chan error
+	rec     *record
+	spec    *specs.Spec
+}
+
+// waitInit waits for the container's init to exit, reaps it and returns
+// its exit code (128+N for signal N).
+func (c *created) waitInit() int {
+	if c.init == nil {
+		awaitExit(c.cmd.Process.Pid)
+		err := c.cmd.Wait()
+		return exitCodeOf(c.cmd.ProcessState, err)
+	}
+	awaitExit(c.init.Pid)
+	ps, err := c.init.Wait()
+	<-c.cmdDone
+	return exitCodeOf(ps, err)
 }
 
 func (r *Native) create(ctx context.Context, id, bundle string, opts CreateOpts) (_ *created, err error) {
@@ -290,12 +316,19 @@ func (r *Native) create(ctx context.Context, id, bundle string, opts CreateOpts)
 		return nil, fmt.Errorf("create state dir: %w", err)
 	}
 	var cmd *exec.Cmd
+	var rec *record
 	defer func() {
 		if err == nil {
 			return
 		}
 		if cmd != nil && cmd.Process != nil {
 			_ = cmd.Process.Kill()
+			if rec != nil && rec.Pid != cmd.Process.Pid {
+				// The init the fast init forked is this process's child.
+				_ = unix.Kill(rec.Pid, unix.SIGKILL)
+				var ws unix.WaitStatus
+				_, _ = unix.Wait4(rec.Pid, &ws, 0, nil)
+			}
 			_ = cmd.Wait()
 		}
 		if derr := cg.destroy(); derr != nil {
@@ -333,28 +366,35 @@ func (r *Native) create(ctx context.Context, id, bundle string, opts CreateOpts)
 	if p, ok := ns[specs.CgroupNamespace]; ok && p == "" {
 		cfg.NewCgroupNS = true
 	}
+	if cloneFlags&unix.CLONE_NEWUSER != 0 {
+		// The child keeps its host uid (root) until it switches: it becomes
+		// the namespace's root, i.e. the mapped host uid, before anything
+		// runs.
+		uid, gid, ok := nsRoot(spec)
+		if !ok {
+			return nil, fieldErr("linux.uidMappings", "neither container uid 0 nor process.user (%d:%d) is mapped", spec.Process.User.UID, spec.Process.User.GID)
+		}
+		cfg.Unshare, cfg.RootUID, cfg.RootGID = cloneFlags, uid, gid
+	}
 
 	role, config, err := r.chooseInit(&cfg, spec, len(childJoins))
 	if err != nil {
 		return nil, err
 	}
+	selfUnshare := role == roleFastInit && cfg.Unshare != 0
 	cmd, parentSync, err := r.spawn(exe, role, config, opts.IO, opts.PreserveFDs, fifo, childJoins)
 	if err != nil {
 		return nil, err
 	}
 	defer parentSync.Close()
-	cmd.SysProcAttr.Cloneflags = cloneFlags
-	if cloneFlags&unix.CLONE_NEWUSER != 0 {
-		cmd.SysProcAttr.UidMappings = idMaps(spec.Linux.UIDMappings)
-		cmd.SysProcAttr.GidMappings = idMaps(spec.Linux.GIDMappings)
-		cmd.SysProcAttr.GidMappingsEnableSetgroups = true
-		// The child keeps its host uid (root) until it switches: become the
-		// namespace's root, i.e. the mapped host uid, before anything runs.
-		uid, gid, ok := nsRoot(spec)
-		if !ok {
-			return nil, fieldErr("linux.uidMappings", "neither container uid 0 nor process.user (%d:%d) is mapped", spec.Process.User.UID, spec.Process.User.GID)
+	if !selfUnshare {
+		cmd.SysProcAttr.Cloneflags = cloneFlags
+		if cloneFlags&unix.CLONE_NEWUSER != 0 {
+			cmd.SysProcAttr.UidMappings = idMaps(spec.Linux.UIDMappings)
+			cmd.SysProcAttr.GidMappings = idMaps(spec.Linux.GIDMappings)
+			cmd.SysProcAttr.GidMappingsEnableSetgroups = true
+			cmd.SysProcAttr.Credential = &syscall.Credential{Uid: cfg.RootUID, Gid: cfg.RootGID, NoSetGroups: true}
 		}
-		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uid, Gid: gid, NoSetGroups: true}
 	}
 	// The cgroup is made while the child is cloned and exec'd: the
 	// parent's thread waits on the vfork meanwhile, the other core need not.
@@ -374,7 +414,7 @@ func (r *Native) create(ctx context.Context, id, bundle string, opts CreateOpts)
 	if err := cg.add(pid); err != nil {
 		return nil, err
 	}
-	rec := &record{
+	rec = &record{
 		ID: id, Bundle: bundle, Rootfs: rootfs, Pid: pid, PidStart: processStart(pid),
 		Created: time.Now().UTC(), Owner: "root", CgroupPath: cg.path, Cgroups: cg.hier,
 		Hooks:       laterHooks(spec),
@@ -383,6 +423,16 @@ func (r *Native) create(ctx context.Context, id, bundle string, opts CreateOpts)
 	}
 	if err := r.converse(ctx, parentSync, rec, spec, opts); err != nil {
 		return nil, err
+	}
+	c := &created{cmd: cmd, rec: rec, spec: spec}
+	if rec.Pid != pid {
+		if c.init, err = os.FindProcess(rec.Pid); err != nil {
+			return nil, fmt.Errorf("container init %d: %w", rec.Pid, err)
+		}
+		c.cmdDone = make(chan error, 1)
+		go func() { c.cmdDone <- cmd.Wait() }()
+	} else if selfUnshare {
+		return nil, errors.New("container init did not say its pid")
 	}
 	b, err := json.Marshal(rec)
 	if err != nil {
@@ -401,7 +451,7 @@ func (r *Native) create(ctx context.Context, id, bundle string, opts CreateOpts)
 			return nil, fmt.Errorf("write pid file: %w", err)
 		}
 	}
-	return &created{cmd: cmd, rec: rec, spec: spec}, nil
+	return c, nil
 }
 
 func hasNS(ns map[specs.LinuxNamespaceType]string, t specs.LinuxNamespaceType) bool {
@@ -457,6 +507,20 @@ func (r *Native) converse(ctx context.Context, sock *os.File, rec *record, spec 
 			if err := conn.send(syncMsg{Type: msgSeccompFdDone}, -1); err != nil {
 				return err
 			}
+		case msgIDMap:
+			if err := writeIDMaps(rec.Pid, spec); err != nil {
+				return err
+			}
+			if err := conn.send(syncMsg{Type: msgIDMapDone}, -1); err != nil {
+				return err
+			}
+		case msgPid:
+			// The fast init forked the container's init into its pid
+			// namespace; the process started here has exited.
+			if m.Pid <= 0 {
+				return fmt.Errorf("container init sent pid %d", m.Pid)
+			}
+			rec.Pid, rec.PidStart = m.Pid, processStart(m.Pid)
 		case msgReady:
 			return nil
 		default:
@@ -655,6 +719,24 @@ func startJoined(cmd *exec.Cmd, joins []nsJoin) error {
 	return <-errc
 }
 
+// writeIDMaps maps the user namespace of pid (made by the fast init) as
+// the spec says; setgroups stays allowed, as for a cloned namespace.
+func writeIDMaps(pid int, spec *specs.Spec) error {
+	for _, f := range []struct {
+		file string
+		m    []specs.LinuxIDMapping
+	}{{"uid_map", spec.Linux.UIDMappings}, {"gid_map", spec.Linux.GIDMappings}} {
+		var b []byte
+		for _, m := range f.m {
+			b = fmt.Appendf(b, "%d %d %d\n", m.ContainerID, m.HostID, m.Size)
+		}
+		if err := os.WriteFile(fmt.Sprintf("/proc/%d/%s", pid, f.file), b, 0); err != nil {
+			return fmt.Errorf("map the container's user namespace: %w", err)
+		}
+	}
+	return nil
+}
+
 func idMaps(m []specs.LinuxIDMapping) []syscall.SysProcIDMap {
 	out := make([]syscall.SysProcIDMap, len(m))
 	for i, v := range m {
@@ -724,11 +806,10 @@ func (r *Native) Run(ctx context.Context, id, bundle string, opts CreateOpts, ke
 	}
 	if err := r.Start(ctx, id); err != nil {
 		_ = r.Delete(context.Background(), id, true)
-		_ = c.cmd.Wait()
+		c.waitInit()
 		return -1, err
 	}
-	werr := c.cmd.Wait()
-	code := exitCodeOf(c.cmd.ProcessState, werr)
+	code := c.waitInit()
 	if !keep {
 		if err := r.Delete(context.Background(), id, true); err != nil {
 			return code, err

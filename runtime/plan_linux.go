@@ -129,9 +129,31 @@ func fastInitPlan(cfg *initConfig, spec *specs.Spec, prog *seccomp.Program, chil
 	}
 	ns := mustNS(spec)
 	w := &planWriter{}
+	if cfg.Unshare != 0 {
+		// Namespaces made here rather than by clone (see initConfig):
+		// the user namespace first, so that it owns the others. It needs
+		// no cgroup: it is made while the parent places this process.
+		w.step("userns", "unshare user namespace")
+		w.step("setresgid", "user namespace root", itoa(cfg.RootGID))
+		w.step("setresuid", "user namespace root", itoa(cfg.RootUID))
+	}
 	w.step("cgroup-ready", "")
-	if cfg.NewCgroupNS {
+	if cfg.Unshare != 0 {
+		rest := cfg.Unshare &^ unix.CLONE_NEWUSER
+		if cfg.NewCgroupNS {
+			rest |= unix.CLONE_NEWCGROUP
+		}
+		if rest != 0 {
+			w.step("unshare", "unshare namespaces", itoa(rest))
+		}
+		if rest&unix.CLONE_NEWPID != 0 {
+			w.step("fork", "enter pid namespace")
+		}
+	} else if cfg.NewCgroupNS {
 		w.step("unshare", "unshare cgroup namespace", itoa(unix.CLONE_NEWCGROUP))
+	}
+	if p, ok := ns[specs.NetworkNamespace]; ok && p == "" && spec.Annotations[AnnotationLoopback] == "up" {
+		w.step("lo-up", "annotations."+AnnotationLoopback)
 	}
 	if p, ok := ns[specs.UTSNamespace]; ok && p == "" {
 		if spec.Hostname != "" {

@@ -12,6 +12,7 @@ import (
 	"github.com/berth-dev/berth/runtime/cgroups"
 	"github.com/berth-dev/berth/runtime/seccomp"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 )
 
 // envTestGoInit makes testRuntime's runtimes use the Go init.
@@ -238,5 +239,38 @@ func TestWithGoInit(t *testing.T) {
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("the tests with the Go init: %v\n%s", err, out)
+	}
+}
+
+// With a user namespace the C init makes the namespaces itself (Go's clone
+// into a new user namespace copies the parent): the user namespace first
+// and while the parent places it in its cgroup, the others after, owned by
+// it, then a fork into the new pid namespace; lo comes up when asked.
+func TestPlanMakesTheNamespacesItselfWithAUserNamespace(t *testing.T) {
+	s := DefaultSpec()
+	s.Process.Args = []string{"true"}
+	s.Annotations = map[string]string{AnnotationLoopback: "up"}
+	all := uintptr(unix.CLONE_NEWUSER | unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWNET | unix.CLONE_NEWIPC | unix.CLONE_NEWUTS)
+	cfg := &initConfig{Rootfs: "/b/rootfs", NewCgroupNS: true, Unshare: all, RootUID: 0, RootGID: 0}
+	b, ok := fastInitPlan(cfg, s, nil, 0, planHostForTest())
+	if !ok {
+		t.Fatal("no plan")
+	}
+	steps := decodePlan(t, b)
+	if got, want := stepNames(steps), "userns setresgid setresuid cgroup-ready unshare fork lo-up hostname setsid"; !strings.HasPrefix(got, want) {
+		t.Fatalf("plan %q, want it to start %q", got, want)
+	}
+	if st := findStep(steps, "unshare"); st[2] != itoa(all&^unix.CLONE_NEWUSER|unix.CLONE_NEWCGROUP) {
+		t.Errorf("unshare step %q", st)
+	}
+
+	// Without the annotation lo stays as the kernel makes it; without a
+	// pid namespace there is nothing to fork into.
+	s.Annotations = nil
+	cfg.Unshare = all &^ unix.CLONE_NEWPID
+	b, _ = fastInitPlan(cfg, s, nil, 0, planHostForTest())
+	got := stepNames(decodePlan(t, b))
+	if strings.Contains(got, "lo-up") || strings.Contains(got, "fork") {
+		t.Errorf("plan %q", got)
 	}
 }

@@ -20,12 +20,16 @@ const (
 	msgSeccompFd     = "seccomp-fd"      // child → parent: the seccomp listener (fd attached)
 	msgSeccompFdDone = "seccomp-fd-done" // parent → child: handed to listenerPath
 	msgReady         = "ready"           // child → parent: set up, waiting for start
+	msgIDMap         = "idmap"           // fast init → parent: map my new user namespace
+	msgIDMapDone     = "idmap-done"      // parent → fast init: mapped
+	msgPid           = "pid"             // fast init → parent: the container's init is Pid
 	msgError         = "error"           // child → parent: set-up failed
 )
 
 type syncMsg struct {
 	Type  string `json:"t"`
 	Error string `json:"e,omitempty"`
+	Pid   int    `json:"p,omitempty"`
 }
 
 type syncConn struct{ fd int }

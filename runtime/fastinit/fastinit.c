@@ -22,6 +22,10 @@
 #include <linux/openat2.h>
 #include <linux/seccomp.h>
 #include <sched.h>
+#include <signal.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <sys/ioctl.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -563,17 +567,91 @@ static void step_capset(const struct step *s) {
 		fail("capset: %s", strerror(errno));
 }
 
-static void wait_cgroup_ready(void) {
-	char buf[256];
-	ssize_t n;
-	do
-		n = recv(SYNC_FD, buf, sizeof buf - 1, 0);
-	while (n < 0 && errno == EINTR);
-	if (n <= 0)
-		fail("wait for cgroup placement: %s", n == 0 ? "parent gone" : strerror(errno));
-	buf[n] = '\0';
-	if (strstr(buf, "\"cgroup-ready\"") == NULL)
-		fail("unexpected %s before cgroup placement", buf);
+// cgroup_ready: the parent's cgroup-ready came while waiting for another
+// message (the parent sends it unasked, as soon as it has placed us).
+static int cgroup_ready;
+
+// wait_msg waits for the parent's message of type want ("cgroup-ready");
+// what says what it is waiting for, in errors.
+static void wait_msg(const char *want, const char *what) {
+	char buf[256], quoted[64];
+	snprintf(quoted, sizeof quoted, "\"%s\"", want);
+	if (strcmp(want, "cgroup-ready") == 0 && cgroup_ready)
+		return;
+	for (;;) {
+		ssize_t n;
+		do
+			n = recv(SYNC_FD, buf, sizeof buf - 1, 0);
+		while (n < 0 && errno == EINTR);
+		if (n <= 0)
+			fail("wait for %s: %s", what, n == 0 ? "parent gone" : strerror(errno));
+		buf[n] = '\0';
+		if (strstr(buf, quoted) != NULL)
+			return;
+		if (strstr(buf, "\"cgroup-ready\"") != NULL && !cgroup_ready) {
+			cgroup_ready = 1;
+			continue;
+		}
+		fail("unexpected %s before %s", buf, what);
+	}
+}
+
+// step_userns makes the user namespace the others will belong to; the
+// parent, root outside it, writes its id maps.
+static void step_userns(void) {
+	if (unshare(CLONE_NEWUSER) < 0)
+		fail("%s", strerror(errno));
+	send_msg("idmap");
+	wait_msg("idmap-done", "the user namespace's id maps");
+}
+
+// step_lo_up brings the new network namespace's loopback up.
+static void step_lo_up(void) {
+	int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (s < 0)
+		fail("bring lo up: socket: %s", strerror(errno));
+	struct ifreq ifr;
+	memset(&ifr, 0, sizeof ifr);
+	strcpy(ifr.ifr_name, "lo");
+	if (ioctl(s, SIOCGIFFLAGS, &ifr) < 0)
+		fail("bring lo up: %s", strerror(errno));
+	ifr.ifr_flags |= IFF_UP;
+	if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0)
+		fail("bring lo up: %s", strerror(errno));
+	close(s);
+}
+
+// step_fork enters the pid namespace unshared before: its first process is
+// a child. CLONE_PARENT makes it the runtime's child, not this process's,
+// so the runtime reaps it; this process tells the runtime its pid and
+// exits. The child waits until the pid is sent (a byte on the pipe, or
+// its end closing with this process) so that the pid is the first thing
+// the runtime hears of it.
+static void step_fork(void) {
+	int p[2];
+	if (pipe2(p, O_CLOEXEC) < 0)
+		fail("pipe: %s", strerror(errno));
+	pid_t pid = (pid_t)syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, NULL, NULL, 0);
+	if (pid < 0)
+		fail("clone: %s", strerror(errno));
+	if (pid > 0) {
+		close(p[0]);
+		char pkt[64];
+		int k = snprintf(pkt, sizeof pkt, "{\"t\":\"pid\",\"p\":%d}", (int)pid);
+		if (send(SYNC_FD, pkt, (size_t)k, MSG_NOSIGNAL) < 0) {
+			int err = errno;
+			kill(pid, SIGKILL);
+			fail("send the init's pid: %s", strerror(err));
+		}
+		// The child may go on now, not only once this process is gone.
+		(void)!write(p[1], "", 1);
+		_exit(0);
+	}
+	close(p[1]);
+	char c;
+	while (read(p[0], &c, 1) < 0 && errno == EINTR)
+		;
+	close(p[0]);
 }
 
 static void run_step(const struct step *s) {
@@ -581,7 +659,13 @@ static void run_step(const struct step *s) {
 	R.ctx = s->n > 1 ? s->f[1] : "";
 #define IS(x) (strcmp(op, x) == 0)
 	if (IS("cgroup-ready"))
-		wait_cgroup_ready();
+		wait_msg("cgroup-ready", "cgroup placement");
+	else if (IS("userns"))
+		step_userns();
+	else if (IS("fork"))
+		step_fork();
+	else if (IS("lo-up"))
+		step_lo_up();
 	else if (IS("unshare")) {
 		if (unshare((int)num(s, 2)) < 0)
 			fail("%s", strerror(errno));
