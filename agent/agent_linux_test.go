@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +20,7 @@ import (
 	"github.com/berth-dev/berth/internal/testdir"
 	"github.com/berth-dev/berth/runtime"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sys/unix"
 )
 
 // The test binary doubles as the runtime's container init.
@@ -663,11 +665,67 @@ func TestBadSpecLeavesNothing(t *testing.T) {
 			t.Errorf("%+v: no error", s)
 		}
 	}
-	if ents, _ := os.ReadDir(filepath.Join(a.cfg.Root, "containers")); len(ents) != 0 {
-		t.Fatalf("left behind: %v", ents)
+	ents, _ := os.ReadDir(filepath.Join(a.cfg.Root, "containers"))
+	for _, e := range ents {
+		if e.Name() != ".spare" {
+			t.Errorf("left behind: %v", e)
+		}
 	}
 	if snaps, _ := e.images.Snapshots(); len(snaps) != 0 {
 		t.Fatalf("snapshots left: %v", snaps)
+	}
+}
+
+// A removed container's directory is kept for the next one, holding
+// nothing of the old container's: not its output, not its exit code, not
+// the ownership of its id range.
+func TestSpareDirectoriesKeepNothingOfTheirContainer(t *testing.T) {
+	e := newEnv(t)
+	a := e.agent(t)
+	first := run(t, a, ContainerSpec{Cmd: []string{"sh", "-c", "echo secret; echo err >&2; exit 3"}})
+	if code, err := a.Wait(ctxT(t), first); err != nil || code != 3 {
+		t.Fatalf("first: exit %d, %v", code, err)
+	}
+	if err := a.Remove(ctxT(t), first, false); err != nil {
+		t.Fatal(err)
+	}
+	spare := filepath.Join(a.cfg.Root, "containers", ".spare", first)
+	var files []string
+	filepath.WalkDir(spare, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			t.Fatal(err)
+		}
+		rel, _ := filepath.Rel(spare, p)
+		if fi, _ := d.Info(); d.Type().IsRegular() {
+			files = append(files, rel)
+			if fi.Size() != 0 {
+				t.Errorf("spare file %s keeps %d bytes", rel, fi.Size())
+			}
+		}
+		return nil
+	})
+	if len(files) == 0 {
+		t.Fatalf("no spare directory at %s", spare)
+	}
+	// The next container takes the spare: its log and exit code are its
+	// own, and its files belong to its id range.
+	second := run(t, a, ContainerSpec{Cmd: []string{"sh", "-c", "echo mine"}})
+	if _, err := os.Stat(spare); !os.IsNotExist(err) {
+		t.Fatalf("the spare was not taken: %v", err)
+	}
+	if code, err := a.Wait(ctxT(t), second); err != nil || code != 0 {
+		t.Fatalf("second: exit %d, %v", code, err)
+	}
+	out, errOut := logsOf(t, a, second, LogOptions{Tail: -1})
+	if out != "mine\n" || errOut != "" {
+		t.Fatalf("second's logs: %q %q", out, errOut)
+	}
+	c, _ := a.Inspect(second)
+	for _, f := range []string{"", logFile, "exit"} {
+		var st unix.Stat_t
+		if err := unix.Stat(filepath.Join(a.logDir(second), f), &st); err != nil || st.Uid != c.IDs.Base {
+			t.Errorf("log/%s: owner %d (%v), want the container's root %d", f, st.Uid, err, c.IDs.Base)
+		}
 	}
 }
 
@@ -798,5 +856,21 @@ func TestInitReady(t *testing.T) {
 		if got := initReady(status); got != want {
 			t.Errorf("%q: %v, want %v", status, got, want)
 		}
+	}
+}
+
+// Every container, network none included, has its loopback up: the
+// runtime's init brings it up (runtime.AnnotationLoopback).
+func TestLoopbackIsUp(t *testing.T) {
+	e := newEnv(t)
+	a := e.agent(t)
+	id := run(t, a, ContainerSpec{Cmd: []string{"cat", "/sys/class/net/lo/flags"}})
+	if code, err := a.Wait(ctxT(t), id); err != nil || code != 0 {
+		t.Fatalf("exit %d, %v", code, err)
+	}
+	out, _ := logsOf(t, a, id, LogOptions{Tail: -1})
+	flags, err := strconv.ParseUint(strings.TrimSpace(strings.TrimPrefix(out, "0x")), 16, 32)
+	if err != nil || flags&unix.IFF_UP == 0 {
+		t.Fatalf("lo's flags %q: not up", out)
 	}
 }

@@ -52,7 +52,7 @@ func (a *Agent) containerRoot(ref string) (int, IDRange, string, error) {
 	}
 	// Mounted at Create, and again here for a container that has not run
 	// since the node restarted.
-	err = a.mountRootfs(id, ids)
+	err = a.mountRootfs(id, ids, c.meta.Spec.Ephemeral, nil)
 	c.mu.Unlock()
 	if err != nil {
 		return -1, ids, id, fmt.Errorf("container %s: mount its filesystem: %w", id, err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
@@ -67,7 +68,7 @@ func (a *Agent) Create(ctx context.Context, spec ContainerSpec) (_ string, err e
 	c.meta.IDs = ids
 	// The directory is the container's existence on disk: made first and
 	// removed last, so a crash in between leaves something reconcile finds.
-	if err := os.Mkdir(a.dir(id), 0o711); err != nil {
+	if err := a.makeDirLocked(id); err != nil {
 		a.mu.Unlock()
 		return "", fmt.Errorf("create container: %w", err)
 	}
@@ -83,10 +84,11 @@ func (a *Agent) Create(ctx context.Context, spec ContainerSpec) (_ string, err e
 		}
 	}()
 
-	if _, err := a.cfg.Images.Snapshot(ctx, img, id); err != nil {
+	parts, err := a.cfg.Images.PrepareSnapshot(ctx, img, id)
+	if err != nil {
 		return "", err
 	}
-	if err := a.mountRootfs(id, ids); err != nil {
+	if err := a.mountRootfs(id, ids, spec.Ephemeral, &parts); err != nil {
 		return "", err
 	}
 	rootfs := a.rootfs(id)
@@ -108,13 +110,21 @@ func (a *Agent) Create(ctx context.Context, spec ContainerSpec) (_ string, err e
 		return "", err
 	}
 	c.meta.User = proc.User
-	logDir := a.logDir(id)
-	if err := os.Mkdir(logDir, 0o700); err != nil {
+	// The bundle (config.json) is on disk; its rootfs, in the state
+	// directory, may not be (then mountRootfs has not made the bundle).
+	if err := os.MkdirAll(a.bundle(id), 0o711); err != nil {
 		return "", err
 	}
-	// berth-init writes here as the container's root.
-	if err := os.Chown(logDir, int(ids.Base), int(ids.Base)); err != nil {
+	logDir := a.logDir(id)
+	if err := os.Mkdir(logDir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 		return "", err
+	}
+	// berth-init writes here as the container's root: the directory, and
+	// the files a spare directory (spare_linux.go) brings.
+	for _, p := range []string{logDir, filepath.Join(logDir, logFile), filepath.Join(logDir, "exit.tmp")} {
+		if err := os.Chown(p, int(ids.Base), int(ids.Base)); err != nil && (p == logDir || !errors.Is(err, fs.ErrNotExist)) {
+			return "", err
+		}
 	}
 	mounts, err := a.prepareMounts(id, spec.Mounts, ids)
 	if err != nil {
@@ -148,6 +158,7 @@ func (a *Agent) Start(ctx context.Context, ref string) error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.settleLocked()
 	if c.exited != nil {
 		return fmt.Errorf("container %s: already running", c.meta.ID)
 	}
@@ -169,8 +180,12 @@ func (a *Agent) startLocked(ctx context.Context, c *container) (err error) {
 			c.meta.State.ExitCode = 125
 			_ = a.save(c)
 		}
+		a.mu.Lock()
+		close(a.tried)
+		a.tried = make(chan struct{})
+		a.mu.Unlock()
 	}()
-	if err := a.mountRootfs(id, c.meta.IDs); err != nil {
+	if err := a.mountRootfs(id, c.meta.IDs, c.meta.Spec.Ephemeral, nil); err != nil {
 		return err
 	}
 	if _, err := a.prepareMounts(id, c.meta.Spec.Mounts, c.meta.IDs); err != nil {
@@ -201,10 +216,6 @@ func (a *Agent) startLocked(ctx context.Context, c *container) (err error) {
 		return err
 	}
 	netnsPath := fmt.Sprintf("/proc/%d/ns/net", st.Pid)
-	if err := loopbackUp(netnsPath); err != nil {
-		_ = a.cfg.Runtime.Delete(ctx, id, true)
-		return fmt.Errorf("container %s: %w", id, err)
-	}
 	if n := c.meta.Spec.Network; n != "" && n != "none" {
 		addrs, err := a.cfg.Networker.Attach(netnsPath, NetEndpoint{ID: id, Tenant: c.meta.Spec.Tenant,
 			Labels: c.meta.Spec.Labels, Ports: c.meta.Spec.Ports})
@@ -243,7 +254,7 @@ func (a *Agent) watchLocked(c *container, pid int) error {
 	c.exited = exited
 	if errors.Is(err, unix.ESRCH) {
 		a.wg.Add(1)
-		go func() { defer a.wg.Done(); a.onExit(c, exited) }()
+		go func() { defer a.wg.Done(); a.onExit(c, exited, -1) }()
 		return nil
 	}
 	if err != nil {
@@ -266,33 +277,81 @@ func (a *Agent) watchLocked(c *container, pid int) error {
 		if err != nil {
 			return // the agent is closing; a new one adopts the container
 		}
-		a.onExit(c, exited)
+		code := -1
+		_ = rc.Control(func(fd uintptr) { code = exitStatus(int(fd)) })
+		a.onExit(c, exited, code)
 	}()
 	return nil
 }
 
 // onExit records how the current run of c ended, releases its runtime
-// state and applies the restart policy.
-func (a *Agent) onExit(c *container, exited chan struct{}) {
+// state and applies the restart policy. The exit is reported before the
+// release: deleting a cgroup and a network device takes milliseconds (a
+// veth's removal tens), which a caller waiting on the exit need not wait.
+func (a *Agent) onExit(c *container, exited chan struct{}, observed int) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.exited != exited {
+		c.mu.Unlock()
 		return
 	}
-	a.recordExitLocked(c)
+	attached := a.recordExitLocked(c, observed)
 	close(exited)
 	c.exited = nil
 	if c.watch != nil {
 		c.watch.Close()
 		c.watch = nil
 	}
+	settled := make(chan struct{})
+	c.settled = settled
+	c.mu.Unlock()
+	a.notify()
+
+	a.releaseRun(c.meta.ID, attached)
+
+	c.mu.Lock()
+	c.settled = nil
+	close(settled)
 	a.maybeRestartLocked(c)
+	c.mu.Unlock()
 	a.notify()
 }
 
+// settleLocked returns once the release of c's last run is done (see
+// onExit), letting go of c.mu meanwhile: nothing may start or remove the
+// container before it. c.mu is held.
+func (c *container) settleLocked() {
+	for c.settled != nil {
+		s := c.settled
+		c.mu.Unlock()
+		<-s
+		c.mu.Lock()
+	}
+}
+
+// exitLocked records an exit found at the agent's start and releases the
+// run at once. c.mu is held.
+func (a *Agent) exitLocked(c *container) {
+	a.releaseRun(c.meta.ID, a.recordExitLocked(c, -1))
+}
+
+// releaseRun deletes a finished run's runtime state and cgroup and, when
+// it was attached, its network.
+func (a *Agent) releaseRun(id string, attached bool) {
+	if err := a.cfg.Runtime.Delete(context.Background(), id, true); err != nil {
+		a.log.Warn("delete runtime state", "id", id, "err", err)
+	}
+	if attached {
+		if err := a.cfg.Networker.Detach(id); err != nil {
+			a.log.Warn("detach network", "id", id, "err", err)
+		}
+	}
+}
+
 // recordExitLocked reads the exit code berth-init left and whether the
-// kernel OOM-killed anything, then deletes the runtime's state and cgroup.
-func (a *Agent) recordExitLocked(c *container) {
+// kernel OOM-killed anything, and saves the container as exited. It
+// reports whether the run had a network to detach (releaseRun does that,
+// and deletes the runtime's state and cgroup).
+func (a *Agent) recordExitLocked(c *container, observed int) (attached bool) {
 	id := c.meta.ID
 	s := &c.meta.State
 	if c.stopHealth != nil {
@@ -305,6 +364,20 @@ func (a *Agent) recordExitLocked(c *container) {
 			code = v
 		}
 	}
+	if code < 0 && c.meta.Spec.NoInit {
+		// No berth-init to write it down: what the kernel said, when
+		// this agent saw the process end, or the runtime if it reaped
+		// the process first.
+		code = observed
+		if ec, ok := a.cfg.Runtime.(interface{ ExitCode(string) (int, bool) }); ok && code < 0 && c.exited != nil {
+			for deadline := time.Now().Add(100 * time.Millisecond); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+				if v, ok := ec.ExitCode(id); ok {
+					code = v
+					break
+				}
+			}
+		}
+	}
 	if code < 0 && (c.killed || !c.meta.Spec.NoInit) {
 		// berth-init ended without a word: SIGKILL, or it never ran.
 		code = 128 + int(unix.SIGKILL)
@@ -313,17 +386,12 @@ func (a *Agent) recordExitLocked(c *container) {
 		}
 	}
 	if cg, err := a.cgroup(id); err == nil {
-		if st, err := cg.Stats(); err == nil && st.Memory.OOMKills > 0 {
+		if n, err := cg.OOMKills(); err == nil && n > 0 {
 			s.OOMKilled = true
 		}
 	}
-	if err := a.cfg.Runtime.Delete(context.Background(), id, true); err != nil {
-		a.log.Warn("delete runtime state", "id", id, "err", err)
-	}
 	if n := c.meta.Spec.Network; n != "" && n != "none" && a.cfg.Networker != nil {
-		if err := a.cfg.Networker.Detach(id); err != nil {
-			a.log.Warn("detach network", "id", id, "err", err)
-		}
+		attached = true
 		s.Addresses = nil
 	}
 	ran := time.Since(s.StartedAt)
@@ -334,6 +402,7 @@ func (a *Agent) recordExitLocked(c *container) {
 	if err := a.save(c); err != nil {
 		a.log.Warn("save exit", "id", id, "err", err)
 	}
+	return attached
 }
 
 func (a *Agent) maybeRestartLocked(c *container) {
@@ -354,6 +423,7 @@ func (a *Agent) maybeRestartLocked(c *container) {
 		a.mu.Unlock()
 		c.mu.Lock()
 		defer c.mu.Unlock()
+		c.settleLocked()
 		if closed || c.removed || c.exited != nil || c.meta.State.Status != StatusRestarting {
 			return
 		}
@@ -467,7 +537,7 @@ func (a *Agent) Stop(ctx context.Context, ref string, timeout time.Duration) err
 	defer t.Stop()
 	select {
 	case <-exited:
-		return nil
+		return c.awaitSettled(ctx)
 	case <-t.C:
 	case <-ctx.Done():
 		return ctx.Err()
@@ -482,19 +552,91 @@ func (a *Agent) Stop(ctx context.Context, ref string, timeout time.Duration) err
 	}
 	select {
 	case <-exited:
+		return c.awaitSettled(ctx)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// awaitSettled returns once the release of c's ended run is done.
+func (c *container) awaitSettled(ctx context.Context) error {
+	c.mu.Lock()
+	settled := c.settled
+	c.mu.Unlock()
+	if settled == nil {
+		return nil
+	}
+	select {
+	case <-settled:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 }
 
+// AwaitStart returns the ID of the container ref names once a start of it
+// has been tried (it runs, ran, or failed to start), waiting until ctx ends
+// for it to be made: a client may ask before this node has acted on the
+// placement. created, when not empty, is the LabelCreated the container
+// must carry: an instance deleted and made again under the same name is a
+// new container, and the old one may not be gone yet.
+func (a *Agent) AwaitStart(ctx context.Context, ref, created string) (string, error) {
+	for {
+		a.mu.Lock()
+		tried := a.tried
+		a.mu.Unlock()
+		if id, ok := a.startTried(ref, created); ok {
+			return id, nil
+		}
+		select {
+		case <-tried:
+		case <-ctx.Done():
+			return "", fmt.Errorf("container %q: not started: %w", ref, ctx.Err())
+		}
+	}
+}
+
+func (a *Agent) startTried(ref, created string) (string, bool) {
+	a.mu.Lock()
+	cs := make([]*container, 0, 1)
+	for id, c := range a.containers {
+		if id == ref || c.meta.Spec.Name == ref {
+			cs = append(cs, c)
+		}
+	}
+	a.mu.Unlock()
+	for _, c := range cs {
+		c.mu.Lock()
+		s := c.meta.State
+		ok := !c.removed && (created == "" || c.meta.Spec.Labels[LabelCreated] == created) &&
+			(c.exited != nil || !s.StartedAt.IsZero() || s.Status != StatusCreated)
+		id := c.meta.ID
+		c.mu.Unlock()
+		if ok {
+			return id, true
+		}
+	}
+	return "", false
+}
+
 // Wait blocks until the container's current run ends (at once when it is
-// not running) and returns its exit code.
+// not running) and what it held is released, and returns its exit code.
 func (a *Agent) Wait(ctx context.Context, ref string) (int, error) {
 	c, err := a.get(ref)
 	if err != nil {
 		return -1, err
 	}
+	code, err := c.waitExit(ctx)
+	if err != nil {
+		return -1, err
+	}
+	return code, c.awaitSettled(ctx)
+}
+
+// waitExit returns c's exit code once its current run has ended (at once
+// when it is not running); its runtime state and network may still be
+// going (Wait waits for that too).
+func (c *container) waitExit(ctx context.Context) (int, error) {
 	c.mu.Lock()
 	exited := c.exited
 	c.mu.Unlock()
@@ -540,6 +682,16 @@ func (a *Agent) Remove(ctx context.Context, ref string, force bool) error {
 			return ctx.Err()
 		}
 	}
+	c.mu.Lock()
+	c.settleLocked()
+	// A follower drains the log a moment after the exit: let it, within
+	// reason, before the files are emptied.
+	for deadline := time.Now().Add(5 * time.Second); c.followers > 0 && time.Now().Before(deadline); {
+		c.mu.Unlock()
+		time.Sleep(5 * time.Millisecond)
+		c.mu.Lock()
+	}
+	c.mu.Unlock()
 	id := c.meta.ID
 	if err := a.destroy(id); err != nil {
 		return err
@@ -551,7 +703,7 @@ func (a *Agent) Remove(ctx context.Context, ref string, force bool) error {
 }
 
 // destroy removes whatever exists of container id: runtime state and
-// cgroup, mounts, snapshot, directory (last).
+// cgroup, mounts and state directory, snapshot, directory (last).
 func (a *Agent) destroy(id string) error {
 	ctx := context.Background()
 	if err := a.cfg.Runtime.Delete(ctx, id, true); err != nil {
@@ -566,24 +718,20 @@ func (a *Agent) destroy(id string) error {
 	if cg, err := a.cgroup(id); err == nil {
 		_ = cg.Destroy()
 	}
-	// The mounts the agent makes, top first, then whatever else is there.
-	known := []string{a.rootfs(id)}
-	for _, sub := range []string{"layers", "mounts"} {
-		ents, _ := os.ReadDir(filepath.Join(a.dir(id), sub))
-		for _, e := range ents {
-			known = append(known, filepath.Join(a.dir(id), sub, e.Name()))
-		}
-	}
-	for _, m := range known {
-		_ = unix.Unmount(m, unix.MNT_DETACH)
-	}
-	if err := unmountAll(a.dir(id)); err != nil {
+	// The mounts the agent makes and the state directory, then whatever
+	// is mounted in the container's directory, when that is apart.
+	if err := a.removeState(id); err != nil {
 		return fmt.Errorf("remove %s: %w", id, err)
+	}
+	if a.stateDir(id) != a.dir(id) {
+		if err := unmountAll(a.dir(id)); err != nil {
+			return fmt.Errorf("remove %s: %w", id, err)
+		}
 	}
 	if err := a.cfg.Images.RemoveSnapshot(id); err != nil {
 		return fmt.Errorf("remove %s: %w", id, err)
 	}
-	if err := os.RemoveAll(a.dir(id)); err != nil {
+	if err := a.removeDir(id); err != nil {
 		return fmt.Errorf("remove %s: %w", id, err)
 	}
 	return nil

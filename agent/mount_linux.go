@@ -8,9 +8,9 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	goruntime "runtime"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -56,6 +56,81 @@ func usernsFile(r IDRange, exe string) (*os.File, error) {
 		return nil, fmt.Errorf("open user namespace: %w", err)
 	}
 	return f, nil
+}
+
+// usernsCache keeps the user namespaces made for idmapped mounts, by id
+// range. Ranges are reused as containers come and go (IDPool gives the
+// lowest free one), and making a namespace costs a process, most of a
+// millisecond of every container's start.
+type usernsCache struct {
+	exe   string
+	mu    sync.Mutex
+	m     map[IDRange]*os.File
+	order []IDRange // oldest first
+}
+
+// usernsCacheSize bounds the namespaces kept: each holds a file
+// descriptor and a little kernel memory.
+const usernsCacheSize = 256
+
+func newUsernsCache(exe string) *usernsCache {
+	return &usernsCache{exe: exe, m: map[IDRange]*os.File{}}
+}
+
+// get returns a user namespace mapped as a container of range r sees
+// ids; the caller closes it.
+func (u *usernsCache) get(r IDRange) (*os.File, error) {
+	u.mu.Lock()
+	f, ok := u.m[r]
+	if ok {
+		d, err := dupFile(f)
+		u.mu.Unlock()
+		return d, err
+	}
+	u.mu.Unlock()
+	f, err := usernsFile(r, u.exe)
+	if err != nil {
+		return nil, err
+	}
+	d, err := dupFile(f)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if _, ok := u.m[r]; ok {
+		f.Close() // made twice at once: one is enough
+		return d, nil
+	}
+	u.m[r] = f
+	u.order = append(u.order, r)
+	if len(u.order) > usernsCacheSize {
+		old := u.order[0]
+		u.order = u.order[1:]
+		u.m[old].Close()
+		delete(u.m, old)
+	}
+	return d, nil
+}
+
+// close lets go of every namespace kept.
+func (u *usernsCache) close() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for r, f := range u.m {
+		f.Close()
+		delete(u.m, r)
+	}
+	u.order = nil
+}
+
+func dupFile(f *os.File) (*os.File, error) {
+	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("dup %s: %w", f.Name(), err)
+	}
+	return os.NewFile(uintptr(fd), f.Name()), nil
 }
 
 func usernsFileByPtrace(r IDRange) (*os.File, error) {
@@ -154,58 +229,4 @@ func unmountAll(dir string) error {
 		}
 	}
 	return fmt.Errorf("mounts under %s keep coming back", dir)
-}
-
-// loopbackUp brings up lo in the network namespace at path, as every
-// container, even one with network none, expects 127.0.0.1 to work. It
-// is two ioctls on a thread that visits the namespace; a thread that
-// cannot return to the host's namespace is never unlocked, so Go retires
-// it instead of reusing it.
-func loopbackUp(path string) error {
-	target, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("open network namespace: %w", err)
-	}
-	defer unix.Close(target)
-	errc := make(chan error, 1)
-	go func() {
-		goruntime.LockOSThread()
-		home, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer unix.Close(home)
-		if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("join network namespace: %w", err)
-			return
-		}
-		errc <- setLinkUp("lo")
-		if unix.Setns(home, unix.CLONE_NEWNET) == nil {
-			goruntime.UnlockOSThread()
-		}
-	}()
-	if err := <-errc; err != nil {
-		return fmt.Errorf("bring lo up: %w", err)
-	}
-	return nil
-}
-
-// setLinkUp sets IFF_UP on the named interface of the thread's network
-// namespace.
-func setLinkUp(name string) error {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	ifr, err := unix.NewIfreq(name)
-	if err != nil {
-		return err
-	}
-	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
-		return err
-	}
-	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
-	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
 }

@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/berth-dev/berth/internal/testdir"
 )
 
@@ -66,7 +68,7 @@ func testIdmappedOverlay(t *testing.T, withInit bool) {
 			t.Fatal(err)
 		}
 	}
-	if err := image.MountOverlay([]string{filepath.Join(dir, "mlower")}, filepath.Join(dir, "snap", "upper"), filepath.Join(dir, "snap", "work"), mapped); err != nil {
+	if err := image.MountOverlay([]string{filepath.Join(dir, "mlower")}, filepath.Join(dir, "snap", "upper"), filepath.Join(dir, "snap", "work"), mapped, false); err != nil {
 		t.Fatal(err)
 	}
 	if !isMountPoint(mapped) {
@@ -98,5 +100,49 @@ func testIdmappedOverlay(t *testing.T, withInit bool) {
 	}
 	if ms, _ := mountsUnder(dir); len(ms) != 0 {
 		t.Fatalf("mounts left after unmountAll: %v", ms)
+	}
+}
+
+func TestUsernsCacheKeepsOneNamespacePerRange(t *testing.T) {
+	needRoot(t)
+	u := newUsernsCache(buildInit(t, testdir.World(t)))
+	defer u.close()
+	ino := func(f *os.File) uint64 {
+		t.Helper()
+		var st unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Ino
+	}
+	get := func(r IDRange) *os.File {
+		t.Helper()
+		f, err := u.get(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		return f
+	}
+	r1 := IDRange{Base: 1<<28 + 9*65536, Size: 65536}
+	r2 := IDRange{Base: r1.Base + 65536, Size: 65536}
+	a := get(r1)
+	first := ino(a)
+	// The caller's file is its own: closing it keeps the cached one.
+	a.Close()
+	if got := ino(get(r1)); got != first {
+		t.Fatalf("second get of %v: namespace %d, want the first's %d", r1, got, first)
+	}
+	if got := ino(get(r2)); got == first {
+		t.Fatalf("range %v got %v's namespace", r2, r1)
+	}
+	for i := range usernsCacheSize {
+		get(IDRange{Base: r2.Base + uint32(i+1)*65536, Size: 65536}).Close()
+	}
+	if len(u.m) != usernsCacheSize || len(u.order) != usernsCacheSize {
+		t.Fatalf("%d namespaces kept (%d in order), want at most %d", len(u.m), len(u.order), usernsCacheSize)
+	}
+	if got := ino(get(r1)); got == first {
+		t.Fatalf("%v's namespace was kept past %d newer ones", r1, usernsCacheSize)
 	}
 }

@@ -94,14 +94,28 @@ func (n *Network) Attach(netnsPath string, c NetEndpoint) ([]netip.Prefix, error
 // Detach implements Networker.
 func (n *Network) Detach(id string) error {
 	n.mu.Lock()
-	defer n.mu.Unlock()
 	_, known := n.local[id]
 	// After Resume the set is complete: what it lacks has nothing to undo,
 	// unless an earlier detach of it failed.
 	if !known && n.resumed && !n.undone[id] {
+		n.mu.Unlock()
 		return nil
 	}
+	var perr error
+	if known {
+		// Gone from policy first, whatever the kernel says after: the
+		// container has ended, and its address must not keep a tenant's
+		// access.
+		delete(n.local, id)
+		perr = n.applyLocked()
+	}
+	n.mu.Unlock()
+	// Deleting a veth takes the kernel tens of milliseconds (it waits for
+	// RCU grace periods): other containers' attaches and detaches need not
+	// wait on it. The address is released only once the device is gone,
+	// so it is never handed out while a route to this container holds it.
 	err := n.m.Detach(id)
+	n.mu.Lock()
 	if err != nil {
 		if n.undone == nil {
 			n.undone = map[string]bool{}
@@ -110,13 +124,8 @@ func (n *Network) Detach(id string) error {
 	} else {
 		delete(n.undone, id)
 	}
-	if known {
-		// Gone from policy even if the kernel refused: the container has
-		// ended, and its address must not keep a tenant's access.
-		delete(n.local, id)
-		err = errors.Join(err, n.applyLocked())
-	}
-	return err
+	n.mu.Unlock()
+	return errors.Join(err, perr)
 }
 
 // Resume implements Networker: the live containers join those attached

@@ -17,6 +17,9 @@ const (
 	LabelTenant   = "berth.dev/tenant"
 	LabelInstance = "berth.dev/instance"
 	LabelTemplate = "berth.dev/template"
+	// LabelCreated is when the instance was made (RFC 3339): it tells a
+	// container from that of an earlier instance of the same name.
+	LabelCreated = "berth.dev/created"
 )
 
 // InstanceSpec turns an instance placed on node into what the agent runs.
@@ -50,6 +53,7 @@ func InstanceSpec(in *api.Instance, node, network string) (ContainerSpec, error)
 		NoInit:    t.NoInit,
 		TTY:       t.TTY,
 		Stdin:     t.Stdin,
+		Ephemeral: in.Spec.AutoRemove,
 	}
 	if len(t.Command) > 0 {
 		s.Cmd = slices.Clone(t.Command)
@@ -79,6 +83,9 @@ func InstanceSpec(in *api.Instance, node, network string) (ContainerSpec, error)
 	s.Labels[LabelTenant] = in.Tenant
 	s.Labels[LabelInstance] = in.Name
 	s.Labels[LabelTemplate] = templateHash(in)
+	if !in.Created.IsZero() {
+		s.Labels[LabelCreated] = in.Created.UTC().Format(time.RFC3339Nano)
+	}
 	for i, p := range t.Ports {
 		if p.HostPort == 0 {
 			// Only a declaration of what the container listens on.
@@ -143,6 +150,23 @@ func InstanceStatus(c Container, restarts int) api.InstanceStatus {
 		}
 	}
 	return st
+}
+
+// runningSettle is how long the first report that a container runs waits
+// after its start: one that exits within it is reported once, as exited. A
+// run of `true` is over within a few milliseconds, and its report of
+// running was a write to the store that no one needed, made while the run
+// itself waited for the CPU.
+const runningSettle = 5 * time.Millisecond
+
+// SettleUntil is when st may be reported, reported being what was last: a
+// first report of running waits until runningSettle after the start;
+// anything else may go at once (zero).
+func SettleUntil(st api.InstanceStatus, reported *api.InstanceStatus) time.Time {
+	if st.Phase != api.PhaseRunning || reported != nil && reported.Phase == api.PhaseRunning && reported.StartedAt.Equal(st.StartedAt) {
+		return time.Time{}
+	}
+	return st.StartedAt.Add(runningSettle)
 }
 
 // SameStatus reports whether two statuses say the same about a container

@@ -455,6 +455,8 @@ func (n *Node) poke() {
 func (n *Node) report(ctx context.Context) {
 	t := time.NewTicker(n.cfg.Poll)
 	defer t.Stop()
+	settle := time.NewTimer(time.Hour)
+	settle.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -462,6 +464,7 @@ func (n *Node) report(ctx context.Context) {
 		case <-t.C:
 		case <-n.kick:
 		case <-n.cfg.Agent.Changes():
+		case <-settle.C:
 		}
 		type pending struct {
 			ni *nodeInstance
@@ -469,6 +472,8 @@ func (n *Node) report(ctx context.Context) {
 			st api.InstanceStatus
 		}
 		var todo []pending
+		now := time.Now()
+		var next time.Time // the earliest settling report
 		n.mu.Lock()
 		for _, ni := range n.insts {
 			if ni.in == nil || ni.leaving {
@@ -493,9 +498,18 @@ func (n *Node) report(ctx context.Context) {
 			if ni.reported != nil && SameStatus(*ni.reported, st) {
 				continue
 			}
+			if at := SettleUntil(st, ni.reported); at.After(now) {
+				if next.IsZero() || at.Before(next) {
+					next = at
+				}
+				continue
+			}
 			todo = append(todo, pending{ni, ni.in, st})
 		}
 		n.mu.Unlock()
+		if !next.IsZero() {
+			settle.Reset(next.Sub(now))
+		}
 		for _, p := range todo {
 			_, err := n.cfg.Client.ReportStatus(ctx, p.in.Tenant, p.in.Name, p.st)
 			switch code := api.Code(err); {

@@ -230,3 +230,29 @@ func TestDecideHandoff(t *testing.T) {
 		}
 	}
 }
+
+func TestSettleUntilHoldsOnlyAFreshRunningReport(t *testing.T) {
+	start := time.Date(2026, 12, 7, 1, 0, 0, 0, time.UTC)
+	running := api.InstanceStatus{Phase: api.PhaseRunning, StartedAt: start}
+	exited := api.InstanceStatus{Phase: api.PhaseExited, StartedAt: start, FinishedAt: start.Add(time.Millisecond)}
+	restarted := api.InstanceStatus{Phase: api.PhaseRunning, StartedAt: start.Add(time.Second)}
+	placed := api.InstanceStatus{Phase: api.PhasePlaced}
+	for _, c := range []struct {
+		name     string
+		st       api.InstanceStatus
+		reported *api.InstanceStatus
+		want     time.Time
+	}{
+		{"first running", running, nil, start.Add(runningSettle)},
+		{"running after placed", running, &placed, start.Add(runningSettle)},
+		{"running again", running, &running, time.Time{}},
+		{"running with a new health", api.InstanceStatus{Phase: api.PhaseRunning, StartedAt: start, Health: api.HealthHealthy}, &running, time.Time{}},
+		{"restarted", restarted, &running, restarted.StartedAt.Add(runningSettle)},
+		{"exited", exited, nil, time.Time{}},
+		{"exited after running", exited, &running, time.Time{}},
+	} {
+		if got := SettleUntil(c.st, c.reported); !got.Equal(c.want) {
+			t.Errorf("%s: SettleUntil = %v, want %v", c.name, got, c.want)
+		}
+	}
+}

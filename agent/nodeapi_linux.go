@@ -47,7 +47,7 @@ func (h *nodeAPI) serve(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodPut {
 			want = http.MethodPut
 		}
-	case api.OpLogs, api.OpExec, api.OpAttach, api.OpStats, api.OpTop:
+	case api.OpLogs, api.OpExec, api.OpAttach, api.OpStats, api.OpTop, api.OpFollow:
 	default:
 		writeError(w, api.Errorf(http.StatusNotFound, "operation %q: unknown", op))
 		return
@@ -61,6 +61,8 @@ func (h *nodeAPI) serve(w http.ResponseWriter, r *http.Request) {
 	switch op {
 	case api.OpLogs:
 		err = h.logs(w, r, id)
+	case api.OpFollow:
+		err = h.follow(w, r, id)
 	case api.OpExec:
 		err = h.exec(w, r, id)
 	case api.OpAttach:
@@ -137,6 +139,86 @@ func (h *nodeAPI) logs(w http.ResponseWriter, r *http.Request, id string) error 
 	if err != nil && r.Context().Err() == nil {
 		h.log.Warn("logs", "container", id, "err", err)
 	}
+	return nil
+}
+
+// follow streams a container's output from its first line, then how its
+// run ended (api.OpFollow).
+func (h *nodeAPI) follow(w http.ResponseWriter, r *http.Request, ref string) error {
+	ctx := r.Context()
+	q := r.URL.Query()
+	var id string
+	if q.Get("await") == "1" {
+		var err error
+		if id, err = h.a.AwaitStart(ctx, ref, q.Get("created")); err != nil {
+			return err
+		}
+	} else {
+		c, err := h.a.Inspect(ref)
+		if err != nil {
+			return err
+		}
+		id = c.ID
+	}
+	// The container, held from here: an auto-removed one may be removed
+	// (the control plane hearing of its exit) while its end is sent.
+	cont, err := h.a.get(id)
+	if err != nil {
+		return err
+	}
+	cont.mu.Lock()
+	noInit := cont.meta.Spec.NoInit
+	cont.followers++
+	cont.mu.Unlock()
+	defer func() {
+		cont.mu.Lock()
+		cont.followers--
+		cont.mu.Unlock()
+	}()
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	enc := json.NewEncoder(w)
+	_ = rc.Flush()
+	send := func(ev api.FollowEvent) error {
+		if err := enc.Encode(ev); err != nil {
+			return err
+		}
+		return rc.Flush()
+	}
+	logs := func() error {
+		return h.a.LogEntries(ctx, id, LogOptions{Follow: true, Tail: -1}, func(e LogEntry) error {
+			return send(api.FollowEvent{Log: &api.LogLine{Time: e.Time, Stream: e.Stream, Log: string(e.Line)}})
+		})
+	}
+	// Without berth-init the log is the workload's raw output, which is
+	// not followed: it is sent once the run is over.
+	if !noInit {
+		if err := logs(); err != nil {
+			if ctx.Err() == nil {
+				h.log.Warn("follow", "container", id, "err", err)
+			}
+			return nil
+		}
+	}
+	// The exit is the end: the release of what the run held (a veth's
+	// deletion takes tens of milliseconds) goes on after it.
+	code, err := cont.waitExit(ctx)
+	if err != nil {
+		_ = send(api.FollowEvent{Error: statusOf(err)})
+		return nil
+	}
+	if noInit {
+		if err := logs(); err != nil {
+			_ = send(api.FollowEvent{Error: statusOf(err)})
+			return nil
+		}
+	}
+	ex := &api.ExitStatus{Code: code}
+	cont.mu.Lock()
+	ex.OOMKilled, ex.Error = cont.meta.State.OOMKilled, cont.meta.State.Error
+	cont.mu.Unlock()
+	_ = send(api.FollowEvent{Exit: ex})
 	return nil
 }
 

@@ -551,3 +551,83 @@ func TestLogsFollowThroughTheAPIEndsWithTheContainer(t *testing.T) {
 	resp2, body = request(t, srv, http.MethodGet, "nosuch", api.OpLogs, nil, nil)
 	wantAPIError(t, resp2, body, http.StatusNotFound, "no such container")
 }
+
+// follow reads an OpFollow stream: its lines as stream:text, and its end.
+func follow(t *testing.T, srv *httptest.Server, ref string, q url.Values) ([]string, api.FollowEvent) {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(ctxT(t), http.MethodGet, srv.URL+"/containers/"+ref+"/"+api.OpFollow+"?"+q.Encode(), nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Error(err)
+		return nil, api.FollowEvent{}
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		t.Errorf("follow %s: %d %s", ref, resp.StatusCode, b)
+		return nil, api.FollowEvent{}
+	}
+	var lines []string
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		var ev api.FollowEvent
+		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+			t.Errorf("line %q: %v", sc.Bytes(), err)
+			return lines, ev
+		}
+		if ev.Log == nil {
+			return lines, ev
+		}
+		lines = append(lines, ev.Log.Stream+":"+ev.Log.Log)
+	}
+	t.Errorf("follow %s ended without an exit (%v)", ref, sc.Err())
+	return lines, api.FollowEvent{}
+}
+
+// A follow asked for before the container is made waits for it, and for
+// the container of the right instance: an older one of the same name is
+// not it.
+func TestFollowAwaitsTheInstancesContainerAndEndsWithItsExit(t *testing.T) {
+	e := newEnv(t)
+	a := e.agent(t)
+	srv := nodeAPIServer(t, a)
+	const name = "shop_web"
+	old := run(t, a, ContainerSpec{Name: name, Cmd: []string{"sleep", "100"}, Labels: map[string]string{LabelCreated: "old"}})
+	type result struct {
+		lines []string
+		end   api.FollowEvent
+	}
+	got := make(chan result, 1)
+	go func() {
+		lines, end := follow(t, srv, name, url.Values{"await": {"1"}, "created": {"new"}})
+		got <- result{lines, end}
+	}()
+	time.Sleep(200 * time.Millisecond)
+	select {
+	case r := <-got:
+		t.Fatalf("follow ended before its container was made: %+v", r)
+	default:
+	}
+	if err := a.Remove(ctxT(t), old, true); err != nil {
+		t.Fatal(err)
+	}
+	run(t, a, ContainerSpec{Name: name, Cmd: []string{"sh", "-c", "echo a; echo b >&2; exit 3"}, Labels: map[string]string{LabelCreated: "new"}})
+	var r result
+	select {
+	case r = <-got:
+	case <-time.After(30 * time.Second):
+		t.Fatal("follow did not end with its container")
+	}
+	if strings.Join(r.lines, ",") != "stdout:a,stderr:b" || r.end.Exit == nil || r.end.Exit.Code != 3 || r.end.Exit.Error != "" {
+		t.Fatalf("followed %q, end %+v (exit %+v)", r.lines, r.end, r.end.Exit)
+	}
+
+	// Without berth-init the output comes once the run is over.
+	id := run(t, a, ContainerSpec{NoInit: true, Cmd: []string{"sh", "-c", "echo raw; exit 4"}})
+	lines, end := follow(t, srv, id, nil)
+	if strings.Join(lines, ",") != "stdout:raw" || end.Exit == nil || end.Exit.Code != 4 {
+		t.Fatalf("followed %q, end %+v (exit %+v)", lines, end, end.Exit)
+	}
+	resp, body := request(t, srv, http.MethodGet, "nosuch", api.OpFollow, nil, nil)
+	wantAPIError(t, resp, body, http.StatusNotFound, "no such container")
+}

@@ -82,7 +82,7 @@ func (a *Agent) reconcile(ctx context.Context) error {
 				// for one found exited; one container never stops the
 				// agent from starting.
 				a.log.Warn("adopt container", "id", id, "err", werr)
-				a.recordExitLocked(c)
+				a.exitLocked(c)
 				a.maybeRestartLocked(c)
 			}
 		case ActRecordExit:
@@ -91,10 +91,28 @@ func (a *Agent) reconcile(ctx context.Context) error {
 				a.maybeRestartLocked(c)
 				break
 			}
-			a.recordExitLocked(c)
+			a.exitLocked(c)
 			a.maybeRestartLocked(c)
 		}
 		c.mu.Unlock()
+	}
+	// State directories of containers that are gone, their mounts first.
+	// (With StateRoot at Root they are the containers' own directories.)
+	// After a reboot the state root is empty: a container's runtime state
+	// is gone with it, and Decide takes the container for exited.
+	if a.cfg.StateRoot != a.cfg.Root {
+		ents, err := os.ReadDir(filepath.Join(a.cfg.StateRoot, "containers"))
+		if err != nil {
+			return err
+		}
+		for _, e := range ents {
+			if id := e.Name(); !known[id] && validName(id, 128, "") {
+				a.log.Info("reconcile", "id", id, "action", "remove leftover state")
+				if err := a.removeState(id); err != nil {
+					a.log.Warn("clean up leftover state", "id", id, "err", err)
+				}
+			}
+		}
 	}
 	// Runtime state of this agent's containers that are gone.
 	list, err := a.cfg.Runtime.List(ctx)

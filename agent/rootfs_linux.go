@@ -8,28 +8,38 @@ import (
 
 	"github.com/berth-dev/berth/image"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 )
 
-// mountRootfs mounts the container's root filesystem at bundle/rootfs: an
-// overlay of the image's shared, unpacked layers, each seen through an
-// idmapped mount so that the container's root owns what the image's root
-// owns, under the snapshot's upper directory. Nothing is copied.
-func (a *Agent) mountRootfs(id string, ids IDRange) error {
+// mountRootfs mounts the container's root filesystem at bundle/rootfs in
+// its state directory: an overlay of the image's shared, unpacked layers,
+// each seen through an idmapped mount (at layers/N) so that the
+// container's root owns what the image's root owns, under the snapshot's
+// upper directory. Nothing is copied. Mount points missing (after a
+// reboot emptied the state directory) are made again. fresh, when not
+// nil, is a snapshot just prepared, never mounted: its work directory is
+// empty.
+func (a *Agent) mountRootfs(id string, ids IDRange, volatile bool, fresh *image.SnapshotParts) error {
 	target := a.rootfs(id)
-	if isMountPoint(target) {
-		return nil
+	var parts image.SnapshotParts
+	if fresh != nil {
+		parts = *fresh
+	} else {
+		if isMountPoint(target) {
+			return nil
+		}
+		var err error
+		if parts, err = a.cfg.Images.DetachSnapshot(id); err != nil {
+			return err
+		}
 	}
-	parts, err := a.cfg.Images.DetachSnapshot(id)
-	if err != nil {
-		return err
-	}
-	layersDir := filepath.Join(a.dir(id), "layers")
+	layersDir := filepath.Join(a.stateDir(id), "layers")
 	for _, d := range []string{layersDir, target} {
 		if err := os.MkdirAll(d, 0o711); err != nil {
 			return err
 		}
 	}
-	ns, err := usernsFile(ids, a.cfg.InitPath)
+	ns, err := a.userns.get(ids)
 	if err != nil {
 		return err
 	}
@@ -60,13 +70,42 @@ func (a *Agent) mountRootfs(id string, ids IDRange) error {
 	if err := os.Chown(upper, int(ids.Base), int(ids.Base)); err != nil {
 		return err
 	}
-	if err := os.RemoveAll(work); err != nil {
+	if fresh == nil {
+		// What an earlier mount left in the work directory goes.
+		if err := os.RemoveAll(work); err != nil {
+			return err
+		}
+		if err := os.Mkdir(work, 0o700); err != nil {
+			return err
+		}
+	}
+	return image.MountOverlay(lowers, upper, work, target, volatile)
+}
+
+// removeState unmounts what the agent mounted in container id's state
+// directory (its rootfs first, then its layers and volumes), then anything
+// else mounted below it, and removes the directory when it is not the
+// container's own (destroy removes that last). Nothing is removed while a
+// mount is left in it: that would reach into an image layer or a volume.
+func (a *Agent) removeState(id string) error {
+	sd := a.stateDir(id)
+	known := []string{a.rootfs(id)}
+	for _, sub := range []string{"layers", "mounts"} {
+		ents, _ := os.ReadDir(filepath.Join(sd, sub))
+		for _, e := range ents {
+			known = append(known, filepath.Join(sd, sub, e.Name()))
+		}
+	}
+	for _, m := range known {
+		_ = unix.Unmount(m, unix.MNT_DETACH)
+	}
+	if err := unmountAll(sd); err != nil {
 		return err
 	}
-	if err := os.Mkdir(work, 0o700); err != nil {
-		return err
+	if sd == a.dir(id) {
+		return nil
 	}
-	return image.MountOverlay(lowers, upper, work, target)
+	return os.RemoveAll(sd)
 }
 
 // prepareMounts turns volumes and binds into OCI mounts. A named volume's
@@ -94,11 +133,11 @@ func (a *Agent) prepareMounts(id string, ms []Mount, ids IDRange) ([]specs.Mount
 				return nil, err
 			}
 			if ns == nil {
-				if ns, err = usernsFile(ids, a.cfg.InitPath); err != nil {
+				if ns, err = a.userns.get(ids); err != nil {
 					return nil, err
 				}
 			}
-			src = filepath.Join(a.dir(id), "mounts", strconv.Itoa(i))
+			src = filepath.Join(a.stateDir(id), "mounts", strconv.Itoa(i))
 			if err := os.MkdirAll(src, 0o755); err != nil {
 				return nil, err
 			}

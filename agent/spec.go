@@ -43,6 +43,12 @@ type ContainerSpec struct {
 	// then goes to a log file without rotation, and its exit code is
 	// known only to an agent that is running when it exits.
 	NoInit bool `json:"noInit,omitempty"`
+	// Ephemeral containers are removed after their run (docker run --rm):
+	// their writable layer is an overlay mounted volatile, which never
+	// syncs the filesystem under it (a sync of the whole disk at every
+	// removal). After a crash such a layer is not to be trusted, and
+	// nothing uses it again.
+	Ephemeral bool `json:"ephemeral,omitempty"`
 	// TTY gives the workload a terminal (docker run -t), Stdin an input
 	// that stays open for attach (-i). berth-init serves both on a socket
 	// in the log directory, so both need the init.

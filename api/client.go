@@ -7,9 +7,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -18,24 +20,108 @@ type Client struct {
 	base  string
 	token string
 	hc    *http.Client
+	// err, if set, is why base cannot be reached (a malformed unix URL);
+	// every request returns it.
+	err error
 }
 
-// NewClient returns a client for the server at base ("http://127.0.0.1:7070")
-// authenticating with token. hc may be nil for a default client (which must
-// have no overall timeout, or watches would be cut).
+// unixBase is the URL of requests sent over a unix socket: the transport
+// dials the socket whatever the host.
+const unixBase = "http://berth"
+
+// NewClient returns a client for the server at base authenticating with
+// token. base is an http(s) URL ("http://127.0.0.1:7070") or a unix socket
+// ("unix:///run/berth.sock", an absolute path). hc may be nil for a default
+// client (which must have no overall timeout, or watches would be cut).
+//
+// For a unix socket, a given hc's *http.Transport (or, if it has none, a
+// default one) is cloned to dial the socket. A malformed unix URL, or an hc
+// whose Transport is not an *http.Transport, is not reported here: every
+// request of the client fails with the reason.
 func NewClient(base, token string, hc *http.Client) *Client {
+	if strings.HasPrefix(base, "unix:") {
+		return newUnixClient(base, token, hc)
+	}
 	if hc == nil {
-		hc = &http.Client{Transport: &http.Transport{
-			MaxIdleConnsPerHost: 64,
-			IdleConnTimeout:     90 * time.Second,
-		}}
+		hc = &http.Client{Transport: defaultTransport()}
 	}
 	return &Client{base: base, token: token, hc: hc}
 }
 
+func defaultTransport() *http.Transport {
+	return &http.Transport{
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     90 * time.Second,
+	}
+}
+
+// newUnixClient is NewClient for a unix:///path base.
+func newUnixClient(base, token string, hc *http.Client) *Client {
+	c := &Client{base: unixBase, token: token, hc: hc}
+	if c.hc == nil {
+		c.hc = &http.Client{}
+	}
+	sock, err := UnixSocketPath(base)
+	if err != nil {
+		c.err = err
+		return c
+	}
+	var tr *http.Transport
+	switch t := c.hc.Transport.(type) {
+	case nil:
+		tr = defaultTransport()
+	case *http.Transport:
+		tr = t.Clone()
+	default:
+		c.err = fmt.Errorf("unix socket %s: the HTTP client's transport is a %T, not an *http.Transport that can dial it", sock, t)
+		return c
+	}
+	// The host of the URL is a placeholder: no proxy, always the socket.
+	tr.Proxy = nil
+	tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", sock)
+	}
+	hcCopy := *c.hc
+	hcCopy.Transport = tr
+	c.hc = &hcCopy
+	return c
+}
+
+// UnixSocketPath is the socket's path of a "unix:///abs/path.sock" URL.
+func UnixSocketPath(raw string) (string, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", fmt.Errorf("unix socket URL: %w", err)
+	}
+	switch {
+	case u.Scheme != "unix":
+		return "", fmt.Errorf("unix socket URL %q: scheme is not unix", raw)
+	case u.Host != "" || u.Opaque != "":
+		return "", fmt.Errorf("unix socket URL %q: the path must be absolute, as in unix:///run/berth.sock", raw)
+	case u.Path == "":
+		return "", fmt.Errorf("unix socket URL %q: no path, as in unix:///run/berth.sock", raw)
+	case u.RawQuery != "" || u.Fragment != "":
+		return "", fmt.Errorf("unix socket URL %q: has a query or fragment, only a path is allowed", raw)
+	}
+	return u.Path, nil
+}
+
 // WithToken returns a client sharing c's connections but acting as token.
 func (c *Client) WithToken(token string) *Client {
-	return &Client{base: c.base, token: token, hc: c.hc}
+	return &Client{base: c.base, token: token, hc: c.hc, err: c.err}
+}
+
+// requestURL is the URL of path with query q.
+func (c *Client) requestURL(path string, q url.Values) (string, error) {
+	if c.err != nil {
+		return "", c.err
+	}
+	u := c.base + path
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	return u, nil
 }
 
 // ObjectPath is the path of one object, or of its collection when name is "".
@@ -60,9 +146,9 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, 
 		}
 		body = bytes.NewReader(b)
 	}
-	u := c.base + path
-	if len(q) > 0 {
-		u += "?" + q.Encode()
+	u, err := c.requestURL(path, q)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, u, body)
 	if err != nil {
@@ -246,7 +332,11 @@ func (w *Watcher) open() error {
 	}
 	q.Set("watch", "1")
 	q.Set("revision", strconv.FormatInt(w.rev, 10))
-	req, err := http.NewRequestWithContext(w.ctx, http.MethodGet, w.c.base+w.path+"?"+q.Encode(), nil)
+	u, err := w.c.requestURL(w.path, q)
+	if err != nil {
+		return fmt.Errorf("watch %s: %w", w.path, err)
+	}
+	req, err := http.NewRequestWithContext(w.ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return err
 	}
@@ -282,7 +372,7 @@ func (w *Watcher) Next() (WatchEvent, error) {
 	for attempt := 0; ; {
 		if w.sc == nil {
 			if err := w.open(); err != nil {
-				if w.ctx.Err() != nil || Code(err) != 0 {
+				if w.ctx.Err() != nil || Code(err) != 0 || w.c.err != nil {
 					return WatchEvent{}, err
 				}
 				attempt++

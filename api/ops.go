@@ -2,6 +2,7 @@ package api
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -20,9 +21,9 @@ func OpPath(tenant, name, op string) string {
 
 // stream sends a request whose response body the caller reads.
 func (c *Client) stream(ctx context.Context, method, path string, q url.Values, body io.Reader) (*http.Response, error) {
-	u := c.base + path
-	if len(q) > 0 {
-		u += "?" + q.Encode()
+	u, err := c.requestURL(path, q)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", method, path, err)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, u, body)
 	if err != nil {
@@ -40,6 +41,53 @@ func (c *Client) stream(ctx context.Context, method, path string, q url.Values, 
 		return nil, readError(resp)
 	}
 	return resp, nil
+}
+
+// Run creates in and follows its run: fn gets its container's output as
+// it comes, and Run returns how the run ended. in is filled with the
+// instance as created once the server has made it. An instance with
+// AutoRemove is deleted before Run returns (and, should this client go
+// away first, by the control plane once it has exited). A run the server
+// could not follow to its end (the instance deleted meanwhile, say) is an
+// error.
+func (c *Client) Run(ctx context.Context, in *Instance, fn func(LogLine) error) (*ExitStatus, error) {
+	body, err := json.Marshal(in)
+	if err != nil {
+		return nil, fmt.Errorf("encode request: %w", err)
+	}
+	q := url.Values{"follow": {"1"}}
+	resp, err := c.stream(ctx, http.MethodPost, ObjectPath(KindInstance, in.Tenant, ""), q, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	for sc.Scan() {
+		var ev FollowEvent
+		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+			return nil, fmt.Errorf("run %s: bad line: %w", in.Name, err)
+		}
+		switch {
+		case ev.Instance != nil:
+			*in = *ev.Instance
+		case ev.Log != nil:
+			if err := fn(*ev.Log); err != nil {
+				return nil, err
+			}
+		case ev.Exit != nil:
+			return ev.Exit, nil
+		case ev.Error != nil:
+			return nil, ev.Error
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("run %s: %w", in.Name, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return nil, fmt.Errorf("run %s: the server ended the stream before the run ended", in.Name)
 }
 
 // Logs calls fn with each log line of an instance's container, following
@@ -148,9 +196,9 @@ func (c *Client) Attach(ctx context.Context, tenant, name string) (*Stream, erro
 }
 
 func (c *Client) dial(ctx context.Context, path string, q url.Values) (*Stream, error) {
-	u := c.base + path
-	if len(q) > 0 {
-		u += "?" + q.Encode()
+	u, err := c.requestURL(path, q)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	h := http.Header{}
 	if c.token != "" {

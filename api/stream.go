@@ -18,7 +18,34 @@ const (
 	OpTop     = "top"     // GET: Top
 	OpArchive = "archive" // GET: a tar of query path; PUT: extract a tar body into query path
 	OpKill    = "kill"    // POST: query signal (a name such as TERM or SIGKILL, or a number)
+	// OpFollow is GET: NDJSON of FollowEvent, the container's output from
+	// its first line and then how its run ended. An agent also takes
+	// query await=1 (wait for the container to be made and started, for
+	// a client that asks as soon as the instance is placed) and created
+	// (the instance's creation time, RFC 3339, that the container must be
+	// of).
+	OpFollow = "follow"
 )
+
+// FollowEvent is one line of a follow stream (OpFollow, or a create of an
+// instance with ?follow=1): exactly one field is set. A create's stream
+// starts with the instance as created and ends with Exit or Error; for an
+// instance with AutoRemove, once it is deleted.
+type FollowEvent struct {
+	Instance *Instance   `json:"instance,omitempty"`
+	Log      *LogLine    `json:"log,omitempty"`
+	Exit     *ExitStatus `json:"exit,omitempty"`
+	Error    *Error      `json:"error,omitempty"`
+}
+
+// ExitStatus is how a container's run ended.
+type ExitStatus struct {
+	// Code is the exit code: 128+N for signal N; 125 when it could not be
+	// started (Error says why).
+	Code      int    `json:"code"`
+	OOMKilled bool   `json:"oomKilled,omitempty"`
+	Error     string `json:"error,omitempty"`
+}
 
 // ContainerName is the agent's name for the container of an instance:
 // unique per tenant and instance on a node, and readable in the agent's lists.

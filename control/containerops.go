@@ -32,6 +32,7 @@ func (s *Server) containerRoutes(m *http.ServeMux) {
 		{http.MethodGet, api.OpExec, verbWrite},
 		{http.MethodGet, api.OpAttach, verbWrite},
 		{http.MethodPost, api.OpKill, verbWrite},
+		{http.MethodGet, api.OpFollow, verbRead},
 	} {
 		m.HandleFunc(o.method+" /v1/tenants/{tenant}/instances/{name}/"+o.op, s.containerOp(o.op, o.verb))
 	}

@@ -377,6 +377,11 @@ func (s *Server) handleCreate(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, api.Errorf(http.StatusNotFound, "create %s under /v1/tenants/TENANT/%s", k, k))
 		return
 	}
+	follow := r.URL.Query().Get("follow") == "1"
+	if follow && k != api.KindInstance {
+		s.fail(w, &api.FieldError{Field: "follow", Message: "only an instance's run can be followed"})
+		return
+	}
 	o, err := s.decodeObject(r, k, tenant)
 	if err == nil {
 		err = mayRun(p, o)
@@ -422,21 +427,20 @@ func (s *Server) handleCreate(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, err)
 		return
 	}
+	create := s.st.Create
 	if k.TenantScoped() {
-		if _, err := s.st.Get(r.Context(), api.KindTenant, "", tenant); err != nil {
-			if api.IsNotFound(err) {
-				err = api.Errorf(http.StatusNotFound, "tenant %q not found", tenant)
-			}
-			s.fail(w, err)
-			return
-		}
+		create = s.st.CreateInTenant
 	}
-	if err := s.st.Create(r.Context(), o); err != nil {
+	if err := create(r.Context(), o); err != nil {
 		s.fail(w, err)
 		return
 	}
 	if t, ok := o.(*api.Token); ok {
 		t.Secret, t.SecretHash = secret, ""
+	}
+	if follow {
+		s.followRun(w, r, o.(*api.Instance))
+		return
 	}
 	writeJSON(w, http.StatusCreated, o)
 }

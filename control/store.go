@@ -222,6 +222,27 @@ func (s *Store) Create(ctx context.Context, o api.Object) error {
 	return nil
 }
 
+// CreateInTenant creates a tenant-scoped o if its tenant exists, in one
+// transaction: a read of the tenant before the write would cost a round
+// of its own, and would not stop the tenant's deletion in between.
+func (s *Store) CreateInTenant(ctx context.Context, o api.Object) error {
+	m := o.GetMeta()
+	m.ResourceVersion = 0
+	tenant := clientv3.Compare(clientv3.CreateRevision(s.Key(api.KindTenant, "", m.Tenant)), ">", 0)
+	rev, err := s.Txn(ctx, fmt.Sprintf("create %s %s", o.Kind(), m.Name), []clientv3.Cmp{s.Unchanged(o), tenant}, s.PutOps(o, nil))
+	if err != nil {
+		if !api.IsConflict(err) {
+			return err
+		}
+		if _, gerr := s.Get(ctx, api.KindTenant, "", m.Tenant); api.IsNotFound(gerr) {
+			return api.Errorf(http.StatusNotFound, "tenant %q not found", m.Tenant)
+		}
+		return api.Errorf(http.StatusConflict, "%s %q already exists", strings.TrimSuffix(string(o.Kind()), "s"), m.Name)
+	}
+	m.ResourceVersion = rev
+	return nil
+}
+
 // Update writes o over prev if prev is unchanged since read.
 func (s *Store) Update(ctx context.Context, o, prev api.Object) error {
 	m := o.GetMeta()

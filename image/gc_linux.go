@@ -45,6 +45,11 @@ func (s *Store) Prune(opt PruneOptions) (PruneReport, error) {
 	if err != nil {
 		return rep, err
 	}
+	// Spare snapshots (spare_linux.go) are empty directories, kept only
+	// to save making them: a prune gives back even that.
+	if err := os.RemoveAll(s.spareRoot()); err != nil {
+		return rep, fmt.Errorf("prune spare snapshots: %w", err)
+	}
 	usedImages := map[digest.Digest]bool{}
 	for _, id := range ids {
 		m, err := s.snapshotMeta(id)
@@ -210,6 +215,9 @@ func (s *Store) DiskUsage() ([]Usage, error) {
 			return u, fmt.Errorf("disk usage: %w", err)
 		}
 		for _, e := range ents {
+			if kind == "snapshots" && strings.HasPrefix(e.Name(), ".") {
+				continue // the spares: empty, and no snapshot
+			}
 			n := diskUsage(filepath.Join(dir, e.Name(), sub), seen)
 			u.Count++
 			u.Bytes += n

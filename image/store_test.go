@@ -113,7 +113,7 @@ func TestSnapshotIsAUsableContainerRootfs(t *testing.T) {
 	}
 	lowers := slices.Clone(parts.Layers)
 	slices.Reverse(lowers)
-	if err := MountOverlay(lowers, parts.Upper, parts.Work, again); err != nil {
+	if err := MountOverlay(lowers, parts.Upper, parts.Work, again, false); err != nil {
 		t.Fatal(err)
 	}
 	b, err := os.ReadFile(filepath.Join(again, "tmp", "w"))

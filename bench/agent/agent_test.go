@@ -26,8 +26,10 @@ import (
 	"github.com/berth-dev/berth/image"
 	"github.com/berth-dev/berth/image/imagetest"
 	"github.com/berth-dev/berth/internal/busybox"
+	"github.com/berth-dev/berth/internal/statedir"
 	"github.com/berth-dev/berth/internal/testdir"
 	"github.com/berth-dev/berth/runtime"
+	"github.com/berth-dev/berth/runtime/cgroups"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
@@ -84,12 +86,30 @@ func nodeParts(b *testing.B) (dir, initPath string, images *image.Store, rt *run
 	}); err != nil {
 		b.Fatal(err)
 	}
-	rt, err = runtime.NewNative(filepath.Join(dir, "runtime"), nil)
+	rt, err = runtime.NewNative(filepath.Join(stateDir(b), "runtime"), nil)
 	if err != nil {
 		b.Fatal(err)
 	}
 	rt.InitPath = rtPath
+	if _, err := cgroups.FavorDynMods(); err != nil {
+		b.Log(err)
+	}
 	return dir, initPath, images, rt
+}
+
+// stateDir is the benchmark's state directory, on a tmpfs under
+// statedir.Base as a node's is.
+func stateDir(b *testing.B) string {
+	b.Helper()
+	if _, err := statedir.EnsureTmpfs(statedir.Base); err != nil {
+		b.Fatal(err)
+	}
+	dir := filepath.Join(statedir.Base, fmt.Sprintf("bench-%d", os.Getpid()))
+	if err := os.MkdirAll(dir, 0o711); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
 }
 
 func newNode(b *testing.B) *node {
@@ -102,7 +122,8 @@ func newNode(b *testing.B) *node {
 	}
 	dir, initPath, images, rt := nodeParts(b)
 	cgParent := fmt.Sprintf("/berth/bench-%d", os.Getpid())
-	a, err := agent.New(context.Background(), agent.Config{Root: filepath.Join(dir, "agent"), Images: images, Runtime: rt, InitPath: initPath, CgroupParent: cgParent})
+	a, err := agent.New(context.Background(), agent.Config{Root: filepath.Join(dir, "agent"), StateRoot: filepath.Join(filepath.Dir(rt.Root), "agent"),
+		Images: images, Runtime: rt, InitPath: initPath, CgroupParent: cgParent})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -56,7 +56,7 @@ func newNetNode(b *testing.B) *node {
 	}
 	b.Cleanup(func() { nw.Close() })
 	cgParent := fmt.Sprintf("/berth/benchnet-%d", os.Getpid())
-	a, err := agent.New(context.Background(), agent.Config{Root: filepath.Join(dir, "agent"), Images: images, Runtime: rt,
+	a, err := agent.New(context.Background(), agent.Config{Root: filepath.Join(dir, "agent"), StateRoot: filepath.Join(filepath.Dir(rt.Root), "agent"), Images: images, Runtime: rt,
 		InitPath: initPath, CgroupParent: cgParent, Networker: nw})
 	if err != nil {
 		b.Fatal(err)

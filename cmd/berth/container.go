@@ -161,8 +161,13 @@ func startFailure(in *api.Instance) error {
 	if in.Status.Phase != api.PhaseFailed {
 		return nil
 	}
-	msg := fmt.Errorf("%s: %s", in.Name, in.Status.Reason)
-	r := strings.ToLower(in.Status.Reason)
+	return failure(in.Name, in.Status.Reason)
+}
+
+// failure is why an instance could not run, with docker's exit code for it.
+func failure(name, reason string) error {
+	msg := fmt.Errorf("%s: %s", name, reason)
+	r := strings.ToLower(reason)
 	switch {
 	case strings.Contains(r, "no such file") || strings.Contains(r, "not found"):
 		return &exitError{exitNotFound, msg}

@@ -263,10 +263,13 @@ func run(ctx context.Context, af *apiFlags, f *runFlags, image string, command [
 	if err != nil {
 		return err
 	}
-	// In the foreground, --rm is done here once the output is read and
-	// the exit code known: removal by the control plane could take the
-	// container's logs before this command has read them. Detached, the
-	// control plane removes it.
+	if !f.detach && !f.tty && !f.interactive {
+		return runFollowed(ctx, c, af.tenant, in)
+	}
+	// With a terminal or input, --rm is done here once the session is
+	// over and the exit code known: removal by the control plane could
+	// take the container's logs before this command has read them.
+	// Detached, the control plane removes it.
 	removeHere := f.rm && !f.detach
 	if removeHere {
 		in.Spec.AutoRemove = false
@@ -303,21 +306,9 @@ func run(ctx context.Context, af *apiFlags, f *runFlags, image string, command [
 		fmt.Println(in.Name)
 		return nil
 	}
-	// As docker's --sig-proxy: an interrupt of this command is the
-	// container's (a terminal sends Ctrl-C through the session itself).
+	// A terminal sends Ctrl-C through the session itself.
 	if !f.tty {
-		sigs := make(chan os.Signal, 1)
-		signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
-		defer signal.Stop(sigs)
-		go func() {
-			for s := range sigs {
-				name := "INT"
-				if s == syscall.SIGTERM {
-					name = "TERM"
-				}
-				_ = c.Kill(ctx, af.tenant, in.Name, name)
-			}
-		}()
+		defer proxySignals(ctx, c, af.tenant, in.Name)()
 	}
 	cur, err := fw.until(ctx, started)
 	if err != nil {
@@ -360,6 +351,38 @@ func run(ctx context.Context, af *apiFlags, f *runFlags, image string, command [
 		return startFailure(cur)
 	}
 	return exitWith(cur.Status.ExitCode)
+}
+
+// runFollowed runs in in the foreground without a terminal or input: one
+// request creates it and streams its output and how it ended, deleting it
+// first with --rm (see control's followRun).
+func runFollowed(ctx context.Context, c *api.Client, tenant string, in *api.Instance) error {
+	defer proxySignals(ctx, c, tenant, in.Name)()
+	exit, err := c.Run(ctx, in, func(l api.LogLine) error { return writeLogLine(l, false) })
+	if err != nil {
+		return err
+	}
+	if exit.Code == exitBerth && exit.Error != "" {
+		return failure(in.Name, exit.Error)
+	}
+	return exitWith(exit.Code)
+}
+
+// proxySignals makes an interrupt or termination of this command the
+// container's, as docker's --sig-proxy does, until the returned stop.
+func proxySignals(ctx context.Context, c *api.Client, tenant, name string) (stop func()) {
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		for s := range sigs {
+			sig := "INT"
+			if s == syscall.SIGTERM {
+				sig = "TERM"
+			}
+			_ = c.Kill(ctx, tenant, name, sig)
+		}
+	}()
+	return func() { signal.Stop(sigs) }
 }
 
 // exitWith makes berth exit with a container's code.

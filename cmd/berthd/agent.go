@@ -34,8 +34,9 @@ import (
 const defaultAgentPort = 7071
 
 func newAgentCmd() *cobra.Command {
-	var join, token, tokenFile, dataDir, nodeName, address, listen, netName string
+	var join, token, tokenFile, dataDir, stateDir, nodeName, address, listen, netName string
 	var pools, labels []string
+	var keepCgroups bool
 	cmd := &cobra.Command{
 		Use:   "agent --join https://SERVER:PORT --token TOKEN",
 		Short: "Run this host's node agent, joined to a control plane (berth server) over mutual TLS",
@@ -58,7 +59,8 @@ containers; starting it again adopts them.`,
 			if err != nil {
 				return err
 			}
-			cfg := agentConfig{join: join, token: token, tokenFile: tokenFile, dataDir: dataDir, node: nodeName, listen: listen, net: unet, labels: lbls}
+			cfg := agentConfig{join: join, token: token, tokenFile: tokenFile, dataDir: dataDir, node: nodeName, listen: listen, net: unet, labels: lbls, keepCgroups: keepCgroups,
+				stateDir: stateDir}
 			if address != "" {
 				a, err := netip.ParseAddr(address)
 				if err != nil {
@@ -77,11 +79,13 @@ containers; starting it again adopts them.`,
 	f.StringVar(&token, "token", "", "join token (berth node join-token); needed only until the node has its certificate")
 	f.StringVar(&tokenFile, "token-file", "", "read the join token from this file instead (keeps it out of ps)")
 	f.StringVar(&dataDir, "data-dir", "/var/lib/berth/agent", "state directory (certificates, images, containers)")
+	addStateDirFlag(f, &stateDir)
 	f.StringVar(&nodeName, "node-name", agent.NodeName(), "this node's name")
 	f.StringVar(&address, "address", "", "this host's address on the fabric, that other hosts route its containers' addresses to (default: the one it reaches the control plane from)")
 	f.StringVar(&listen, "listen", "", fmt.Sprintf("address the control plane reaches this agent at (default: --address, port %d)", defaultAgentPort))
 	f.StringVar(&netName, "network", defaultUpNetwork, "network containers are attached to, each with its own routable address (none: loopback only)")
 	f.StringSliceVar(&pools, "pool", []string{defaultUpPool}, "the cluster's address pool (as given to berth server --pool)")
+	addKeepCgroupsFlag(f, &keepCgroups)
 	f.StringArrayVar(&labels, "label", nil, "node label KEY=VALUE for placement constraints and spreading (zone=a); repeatable")
 	return cmd
 }
@@ -106,6 +110,8 @@ type agentConfig struct {
 	address                                       netip.Addr
 	net                                           upNetwork
 	labels                                        map[string]string
+	keepCgroups                                   bool
+	stateDir                                      string
 }
 
 // runAgent joins (once), then runs the node until ctx ends.
@@ -177,7 +183,7 @@ func runAgent(ctx context.Context, log *slog.Logger, cfg agentConfig) error {
 
 	var fabric *fleetFabric
 	return runNodeHost(ctx, log, nodeHost{
-		dataDir: cfg.dataDir, node: cfg.node, client: client,
+		dataDir: cfg.dataDir, node: cfg.node, client: client, keepCgroups: cfg.keepCgroups, stateDir: cfg.stateDir,
 		reg: api.Registration{Spec: api.NodeSpec{Address: cfg.address}, Labels: cfg.labels},
 		openNet: func(ctx context.Context) (agent.Networker, string, func() error, error) {
 			if !cfg.net.enabled() {

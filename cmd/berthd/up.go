@@ -3,14 +3,18 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"github.com/berth-dev/berth/internal/sibling"
+	"github.com/berth-dev/berth/internal/statedir"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -20,20 +24,24 @@ import (
 	"github.com/berth-dev/berth/control"
 	"github.com/berth-dev/berth/image"
 	"github.com/berth-dev/berth/runtime"
+	"github.com/berth-dev/berth/runtime/cgroups"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 // newUpCmd is the single-machine Berth: embedded etcd, the control plane
 // and this machine's node agent in one process.
 func newUpCmd() *cobra.Command {
-	var dataDir, listen, etcdListen, nodeName, network string
+	var dataDir, stateDir, listen, etcdListen, nodeName, network string
 	var pools []string
+	var keepCgroups bool
 	cmd := &cobra.Command{
 		Use:   "up",
 		Short: "Run Berth on this machine: embedded etcd, the control plane and the node agent in one process",
 		Long: `Run Berth on this machine: embedded etcd, the control plane and the node agent in one process.
 State lives under --data-dir: etcd/, admin-token, image/ (the store ` + "`berth image --root`" + ` uses),
-runtime/, agent/ and network/ (the node's container addresses). Each container gets its own
+agent/ and network/ (the node's container addresses); what does not outlive a boot (the runtime's
+state, containers' mount points) under --state-dir, best a tmpfs. Each container gets its own
 routable IP on --network, from the blocks of --pool this node claims. Stopping it (Ctrl-C,
 SIGTERM) stops the control plane but not the containers; starting it again adopts them.`,
 		Args: cobra.NoArgs,
@@ -45,18 +53,21 @@ SIGTERM) stops the control plane but not the containers; starting it again adopt
 			log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return up(ctx, log, upConfig{dataDir: dataDir, listen: listen, etcdListen: etcdListen, node: nodeName, net: unet},
-				func(addr, tokenFile string) {
-					fmt.Fprintf(cmd.OutOrStdout(), "API: http://%s\nadmin token: %s\n", addr, tokenFile)
+			return up(ctx, log, upConfig{dataDir: dataDir, listen: listen, etcdListen: etcdListen, node: nodeName, net: unet, keepCgroups: keepCgroups,
+				stateDir: stateDir},
+				func(apiURL, tokenFile string) {
+					fmt.Fprintf(cmd.OutOrStdout(), "API: %s\nadmin token: %s\n", apiURL, tokenFile)
 				})
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&dataDir, "data-dir", defaultRoot, "state directory (etcd, admin token, images, containers)")
-	f.StringVar(&listen, "listen", "127.0.0.1:7070", "API address")
+	addStateDirFlag(f, &stateDir)
+	f.StringVar(&listen, "listen", "127.0.0.1:7070", "API address: HOST:PORT for TCP, or unix:///PATH for a unix socket of mode 0660 (as Docker's docker.sock; a stale socket there is replaced)")
 	f.StringVar(&etcdListen, "etcd-listen", "", "client URL of the embedded etcd (default: a free loopback port)")
 	f.StringVar(&nodeName, "node-name", agent.NodeName(), "this node's name")
 	f.StringVar(&network, "network", defaultUpNetwork, "network containers are attached to, each with its own routable address (none: loopback only)")
+	addKeepCgroupsFlag(f, &keepCgroups)
 	f.StringSliceVar(&pools, "pool", []string{defaultUpPool}, "private CIDR the network's addresses come from, in per-node blocks (/26 for IPv4, /122 for IPv6); repeat for an IPv6 pool too")
 	return cmd
 }
@@ -64,11 +75,13 @@ SIGTERM) stops the control plane but not the containers; starting it again adopt
 type upConfig struct {
 	dataDir, listen, etcdListen, node string
 	net                               upNetwork
+	keepCgroups                       bool
+	stateDir                          string
 }
 
-// up serves until ctx ends; ready is told the API address and the admin
-// token file once the API listens.
-func up(ctx context.Context, log *slog.Logger, cfg upConfig, ready func(addr, tokenFile string)) error {
+// up serves until ctx ends; ready is told the API's URL (http://HOST:PORT
+// or unix:///PATH) and the admin token file once the API listens.
+func up(ctx context.Context, log *slog.Logger, cfg upConfig, ready func(apiURL, tokenFile string)) error {
 	if err := os.MkdirAll(cfg.dataDir, 0o711); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
@@ -100,11 +113,10 @@ func up(ctx context.Context, log *slog.Logger, cfg upConfig, ready func(addr, to
 	}()
 	handler := control.NewServer(control.Config{Store: st, Log: log, Now: time.Now, Rand: rand.Reader, NodeTTL: 3 * time.Second})
 	defer handler.Close()
-	ln, err := net.Listen("tcp", cfg.listen)
+	ln, apiURL, err := listenAPI(cfg.listen)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", cfg.listen, err)
+		return err
 	}
-	addr := ln.Addr().String()
 	serveErr := make(chan error, 1)
 	wg.Add(1)
 	go func() {
@@ -112,7 +124,7 @@ func up(ctx context.Context, log *slog.Logger, cfg upConfig, ready func(addr, to
 		serveErr <- serveAPI(ctx, handler, ln)
 	}()
 
-	admin := api.NewClient("http://"+addr, secret, nil)
+	admin := api.NewClient(apiURL, secret, nil)
 	nodeClient, err := nodeToken(ctx, admin, cfg.node)
 	if err != nil {
 		return err
@@ -122,7 +134,7 @@ func up(ctx context.Context, log *slog.Logger, cfg upConfig, ready func(addr, to
 	go func() {
 		defer wg.Done()
 		nodeErr <- runNodeHost(ctx, log, nodeHost{
-			dataDir: cfg.dataDir, node: cfg.node, client: nodeClient,
+			dataDir: cfg.dataDir, node: cfg.node, client: nodeClient, keepCgroups: cfg.keepCgroups, stateDir: cfg.stateDir,
 			openNet: func(ctx context.Context) (agent.Networker, string, func() error, error) {
 				if !cfg.net.enabled() {
 					return nil, "none", func() error { return nil }, nil
@@ -136,7 +148,7 @@ func up(ctx context.Context, log *slog.Logger, cfg upConfig, ready func(addr, to
 			serveOps: func(ctx context.Context, h http.Handler) (string, <-chan error, error) {
 				return serveNodeAPI(ctx, filepath.Join(cfg.dataDir, "agent.sock"), h)
 			},
-			ready: func() { ready(addr, filepath.Join(cfg.dataDir, "admin-token")) },
+			ready: func() { ready(apiURL, filepath.Join(cfg.dataDir, "admin-token")) },
 		})
 	}()
 	select {
@@ -168,6 +180,23 @@ type nodeHost struct {
 	reg api.Registration
 	// ready is told once the node is about to register.
 	ready func()
+	// keepCgroups leaves the host's cgroup2 options alone.
+	keepCgroups bool
+	// stateDir holds what does not outlive a boot: the runtime's state and
+	// the agent's mount points. Empty means statedir.Default(dataDir).
+	stateDir string
+}
+
+// addStateDirFlag is the node commands' --state-dir.
+func addStateDirFlag(f *pflag.FlagSet, v *string) {
+	f.StringVar(v, "state-dir", "", "directory for what does not outlive a boot, as containers do not: the runtime's state and containers' mount points; "+
+		"best on a tmpfs, where a directory costs microseconds to make, not a disk's metadata writes (default "+statedir.Base+"/<first 12 hex digits of the SHA-256 of the absolute --data-dir>)")
+}
+
+// addKeepCgroupsFlag is the node commands' opt-out of favordynmods.
+func addKeepCgroupsFlag(f *pflag.FlagSet, v *bool) {
+	f.BoolVar(v, "keep-cgroup-options", false, "leave the host's cgroup2 mount options alone; by default the node adds favordynmods, "+
+		"which makes moving a process into a container's cgroup cost microseconds instead of an RCU grace period (milliseconds), at a small cost to every fork and exit")
 }
 
 // runNodeHost runs the agent and the node loop until ctx ends or either
@@ -185,11 +214,26 @@ func runNodeHost(ctx context.Context, log *slog.Logger, h nodeHost) error {
 	if err != nil {
 		return err
 	}
-	rt, err := runtime.NewNative(filepath.Join(h.dataDir, "runtime"), log)
+	stateDir, err := prepareStateDir(h.dataDir, h.stateDir)
+	if err != nil {
+		return err
+	}
+	if ok, err := statedir.OnTmpfs(stateDir); err == nil && !ok {
+		log.Warn("state dir is not on a tmpfs: container starts and removals pay a disk's metadata writes; "+
+			"choose one on a tmpfs with --state-dir, or leave the default", "dir", stateDir)
+	}
+	rt, err := runtime.NewNative(filepath.Join(stateDir, "runtime"), log)
 	if err != nil {
 		return err
 	}
 	rt.InitPath = rtPath
+	if !h.keepCgroups {
+		if changed, err := cgroups.FavorDynMods(); err != nil {
+			log.Warn("cgroup2 favordynmods: not set, container starts wait for the kernel's cgroup lock", "err", err)
+		} else if changed {
+			log.Info("cgroup2 reconfigured with favordynmods: containers join their cgroups without waiting for an RCU grace period")
+		}
+	}
 	// The network opens before the agent, whose start sweeps what dead
 	// containers left in it; it closes after, keeping containers attached.
 	nw, netName, closeNet, err := h.openNet(ctx)
@@ -197,7 +241,8 @@ func runNodeHost(ctx context.Context, log *slog.Logger, h nodeHost) error {
 		return err
 	}
 	defer closeNet()
-	a, err := agent.New(ctx, agent.Config{Root: filepath.Join(h.dataDir, "agent"), Images: images, Runtime: rt, InitPath: initPath, Networker: nw, Log: log})
+	a, err := agent.New(ctx, agent.Config{Root: filepath.Join(h.dataDir, "agent"), StateRoot: filepath.Join(stateDir, "agent"),
+		Images: images, Runtime: rt, InitPath: initPath, Networker: nw, Log: log})
 	if err != nil {
 		return err
 	}
@@ -235,6 +280,33 @@ func runNodeHost(ctx context.Context, log *slog.Logger, h nodeHost) error {
 	return err
 }
 
+// prepareStateDir makes the node's state directory (dir, or by default
+// statedir.Default(dataDir)) mode 0711, as are the parents it makes and
+// the default's statedir.Base: containers' unprivileged host uids reach
+// their mount points below it.
+func prepareStateDir(dataDir, dir string) (string, error) {
+	modes := []string{dir}
+	if dir == "" {
+		d, err := statedir.Default(dataDir)
+		if err != nil {
+			return "", fmt.Errorf("state dir: %w", err)
+		}
+		dir, modes = d, []string{statedir.Base, d}
+		if _, err := statedir.EnsureTmpfs(statedir.Base); err != nil {
+			return "", err
+		}
+	}
+	if err := os.MkdirAll(dir, 0o711); err != nil {
+		return "", fmt.Errorf("state dir: %w", err)
+	}
+	for _, d := range modes {
+		if err := os.Chmod(d, 0o711); err != nil {
+			return "", fmt.Errorf("state dir: %w", err)
+		}
+	}
+	return dir, nil
+}
+
 // nodeToken mints a fresh node token for this process's node loop: the
 // secret lives only in memory, so a token of a previous start is replaced.
 func nodeToken(ctx context.Context, admin *api.Client, node string) (*api.Client, error) {
@@ -247,4 +319,59 @@ func nodeToken(ctx context.Context, admin *api.Client, node string) (*api.Client
 		return nil, fmt.Errorf("node token: %w", err)
 	}
 	return admin.WithToken(tok.Secret), nil
+}
+
+// listenAPI listens where --listen says: a TCP address, or a unix socket
+// (unix:///PATH) that only its owner and group can use, and returns the
+// listener and the API's URL. Closing the listener, as serveAPI does when
+// it stops, removes the socket file.
+func listenAPI(listen string) (net.Listener, string, error) {
+	if !strings.HasPrefix(listen, "unix:") {
+		ln, err := net.Listen("tcp", listen)
+		if err != nil {
+			return nil, "", fmt.Errorf("listen on %s: %w", listen, err)
+		}
+		return ln, "http://" + ln.Addr().String(), nil
+	}
+	sock, err := api.UnixSocketPath(listen)
+	if err != nil {
+		return nil, "", fmt.Errorf("--listen: %w", err)
+	}
+	if err := removeStaleSocket(sock); err != nil {
+		return nil, "", err
+	}
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		return nil, "", fmt.Errorf("listen on %s: %w", sock, err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(true)
+	if err := os.Chmod(sock, 0o660); err != nil {
+		ln.Close()
+		return nil, "", fmt.Errorf("API socket %s: %w", sock, err)
+	}
+	return ln, (&url.URL{Scheme: "unix", Path: sock}).String(), nil
+}
+
+// removeStaleSocket removes the socket file a server that ended without
+// closing it left at sock. A socket someone still listens on, or a file
+// that is not a socket, stays and is an error.
+func removeStaleSocket(sock string) error {
+	fi, err := os.Lstat(sock)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("API socket: %w", err)
+	}
+	if fi.Mode().Type() != os.ModeSocket {
+		return fmt.Errorf("API socket %s: exists and is not a socket", sock)
+	}
+	if c, err := net.DialTimeout("unix", sock, time.Second); err == nil {
+		c.Close()
+		return fmt.Errorf("API socket %s: another server listens on it", sock)
+	}
+	if err := os.Remove(sock); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("API socket: %w", err)
+	}
+	return nil
 }

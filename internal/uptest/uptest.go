@@ -25,6 +25,7 @@ import (
 	"github.com/berth-dev/berth/agent"
 	"github.com/berth-dev/berth/image"
 	"github.com/berth-dev/berth/image/imagetest"
+	"github.com/berth-dev/berth/internal/statedir"
 	"github.com/berth-dev/berth/internal/testdir"
 	"github.com/berth-dev/berth/runtime"
 )
@@ -48,7 +49,8 @@ func BusyboxData(t testing.TB, berth string) string {
 
 // Process is a running `berth up`.
 type Process struct {
-	// Addr is the API's URL.
+	// Addr is the API's URL, as berth up printed it (http://HOST:PORT or
+	// unix:///PATH).
 	Addr string
 	cmd  *exec.Cmd
 	done chan error
@@ -58,17 +60,25 @@ type Process struct {
 // Config says how to run berth up.
 type Config struct {
 	Berth, Data, Node string
+	// Listen is berth up's --listen, "127.0.0.1:0" (a free loopback port)
+	// if empty; "unix://" + an absolute path serves the API on that socket.
+	Listen string
 	// Args are more flags (--network none).
 	Args []string
 	// Wrap, if set, is a command that runs berth up (nsenter ... --).
 	Wrap []string
 }
 
-// Start runs `berth up` with a free loopback API port, waits for it to
-// print where its API is, and stops it when the test ends.
+// Start runs `berth up` (with a free loopback API port unless c.Listen
+// says otherwise), waits for it to print where its API is, and stops it
+// when the test ends.
 func Start(t testing.TB, c Config) *Process {
 	t.Helper()
-	argv := append([]string{c.Berth, "up", "--data-dir", c.Data, "--listen", "127.0.0.1:0", "--node-name", c.Node}, c.Args...)
+	listen := c.Listen
+	if listen == "" {
+		listen = "127.0.0.1:0"
+	}
+	argv := append([]string{c.Berth, "up", "--data-dir", c.Data, "--listen", listen, "--node-name", c.Node}, c.Args...)
 	argv = append(append([]string(nil), c.Wrap...), argv...)
 	cmd := exec.Command(argv[0], argv[1:]...)
 	data := c.Data
@@ -103,7 +113,7 @@ func Start(t testing.TB, c Config) *Process {
 				t.Fatalf("berth up ended: %s", p.log.String())
 			}
 			switch {
-			case want == 0 && strings.HasPrefix(l, "API: http://"):
+			case want == 0 && (strings.HasPrefix(l, "API: http://") || strings.HasPrefix(l, "API: unix://")):
 				p.Addr = strings.TrimPrefix(l, "API: ")
 			case want == 1 && l == "admin token: "+filepath.Join(data, "admin-token"):
 			default:
@@ -146,24 +156,29 @@ func RemoveContainers(t testing.TB, bin, data string) {
 		t.Errorf("cleanup: %v", err)
 		return
 	}
-	rt, err := runtime.NewNative(filepath.Join(data, "runtime"), nil)
+	// berth up's default --state-dir, which is not under data.
+	state, err := statedir.Default(data)
+	if err != nil {
+		t.Errorf("cleanup: %v", err)
+		return
+	}
+	defer func() {
+		unmountUnder(state)
+		_ = os.RemoveAll(state)
+	}()
+	rt, err := runtime.NewNative(filepath.Join(state, "runtime"), nil)
 	if err != nil {
 		t.Errorf("cleanup: %v", err)
 		return
 	}
 	rt.InitPath = filepath.Join(bin, "berth-runtime")
 	root := filepath.Join(data, "agent")
-	a, err := agent.New(ctx, agent.Config{Root: root, Images: images, Runtime: rt, InitPath: filepath.Join(bin, "berth-init")})
+	a, err := agent.New(ctx, agent.Config{Root: root, StateRoot: filepath.Join(state, "agent"), Images: images, Runtime: rt,
+		InitPath: filepath.Join(bin, "berth-init")})
 	if err != nil {
 		t.Errorf("cleanup: %v", err)
 		// At least leave no mount behind, so the directory can go.
-		b, _ := os.ReadFile("/proc/self/mountinfo")
-		lines := strings.Split(string(b), "\n")
-		for i := len(lines) - 1; i >= 0; i-- {
-			if f := strings.Fields(lines[i]); len(f) > 4 && strings.HasPrefix(f[4], data+"/") {
-				_ = syscall.Unmount(f[4], syscall.MNT_DETACH)
-			}
-		}
+		unmountUnder(data)
 		return
 	}
 	for _, c := range a.List() {
@@ -177,6 +192,17 @@ func RemoveContainers(t testing.TB, bin, data string) {
 	hs, _ := filepath.Glob("/sys/fs/cgroup/*")
 	for _, d := range append(hs, "/sys/fs/cgroup") {
 		_ = os.Remove(filepath.Join(d, "berth", hex.EncodeToString(h[:6])))
+	}
+}
+
+// unmountUnder detaches every mount below dir, the last made first.
+func unmountUnder(dir string) {
+	b, _ := os.ReadFile("/proc/self/mountinfo")
+	lines := strings.Split(string(b), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if f := strings.Fields(lines[i]); len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
+			_ = syscall.Unmount(f[4], syscall.MNT_DETACH)
+		}
 	}
 }
 
@@ -216,8 +242,9 @@ func (b *Buffer) String() string {
 
 // KillContainers kills every process in the cgroups of the agent whose
 // root is agentRoot (its default parent, /berth/<hash of the root>) and
-// removes the cgroups: the clean-up of a test or benchmark that failed,
-// or that leaves its containers running.
+// removes the cgroups and the node's default state directory (of the data
+// directory above agentRoot): the clean-up of a test or benchmark that
+// failed, or that leaves its containers running.
 func KillContainers(agentRoot string) {
 	sum := sha256.Sum256([]byte(agentRoot))
 	parent := filepath.Join("berth", hex.EncodeToString(sum[:6]))
@@ -255,6 +282,12 @@ func KillContainers(agentRoot string) {
 		for _, d := range slices.Backward(dirs) {
 			os.Remove(d)
 		}
+	}
+	// Its mounts first. Those in a mount namespace of the test's own are
+	// not seen here, nor reached through: here they are empty directories.
+	if state, err := statedir.Default(filepath.Dir(agentRoot)); err == nil {
+		unmountUnder(state)
+		os.RemoveAll(state)
 	}
 }
 

@@ -1,0 +1,29 @@
+// Package statedir names the directory where a node keeps what does not
+// outlive a boot (the runtime's state, containers' mount points), apart
+// from its data directory, which does.
+package statedir
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"path/filepath"
+)
+
+// Base is where state directories go by default: a tmpfs on every
+// systemd host, where a directory costs microseconds to make and remove
+// instead of a disk's metadata writes.
+const Base = "/run/berth"
+
+// Default is the state directory of the node whose data directory is
+// dataDir: Base/<the first 12 hex digits of the SHA-256 of dataDir's
+// absolute path>, so that nodes with different data directories (tests
+// run many at once) never share one, and the same data directory finds
+// its state again.
+func Default(dataDir string) (string, error) {
+	abs, err := filepath.Abs(dataDir)
+	if err != nil {
+		return "", err
+	}
+	h := sha256.Sum256([]byte(abs))
+	return filepath.Join(Base, hex.EncodeToString(h[:6])), nil
+}
