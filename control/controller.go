@@ -113,8 +113,7 @@ type Loop struct {
 	// written: the scheduler writes them.
 	fresh []*api.Instance
 
-	evLease    clientv3.LeaseID
-	evLeaseEnd time.Time
+	events *eventWriter
 	// began is when this loop started leading.
 	began time.Time
 }
@@ -129,7 +128,7 @@ func NewLoop(cfg LoopConfig, fence ...clientv3.Cmp) *Loop {
 	if cfg.NodeGrace == 0 {
 		cfg.NodeGrace = 5 * time.Second
 	}
-	return &Loop{cfg: cfg, st: cfg.Store, fence: fence}
+	return &Loop{cfg: cfg, st: cfg.Store, fence: fence, events: &eventWriter{st: cfg.Store, rand: cfg.Rand}}
 }
 
 // Run mirrors the store and runs a cycle after every burst of changes and
@@ -842,31 +841,14 @@ func (l *Loop) table() *scheduler.Table {
 	return t
 }
 
-// eventTTL is how long events are kept: they hang off a lease, so etcd
-// forgets them without a sweeper.
-const eventTTL = time.Hour
-
 // record writes an Event for people to read; failing to is logged, never
 // fatal to the cycle.
 func (l *Loop) record(ctx context.Context, tenant, object, typ, reason, msg string) {
-	now := l.cfg.Now()
-	if l.evLease == 0 || now.After(l.evLeaseEnd) {
-		g, err := l.st.Client().Grant(ctx, int64(eventTTL/time.Second))
-		if err != nil {
-			l.cfg.Log.Warn("grant event lease", "err", err)
-			return
-		}
-		// Events written near the end of a lease's life would vanish early;
-		// a new lease is taken after half of it.
-		l.evLease, l.evLeaseEnd = g.ID, now.Add(eventTTL/2)
+	op, err := l.events.op(ctx, l.cfg.Now(), tenant, object, typ, reason, msg)
+	if err == nil {
+		_, err = l.st.Client().Txn(ctx).Then(op).Commit()
 	}
-	ev := &api.Event{Meta: api.Meta{Name: strings.ToLower(reason) + "-" + l.suffix(), Tenant: tenant, Created: now.UTC()},
-		Object: object, Type: typ, Reason: reason, Message: msg, Time: now.UTC()}
-	if len(ev.Message) > 4096 {
-		ev.Message = ev.Message[:4096]
-	}
-	ops := []clientv3.Op{clientv3.OpPut(l.st.Key(api.KindEvent, tenant, ev.Name), encode(ev), clientv3.WithLease(l.evLease))}
-	if _, err := l.st.Client().Txn(ctx).Then(ops...).Commit(); err != nil {
+	if err != nil {
 		l.cfg.Log.Warn("record event", "reason", reason, "err", err)
 	}
 }

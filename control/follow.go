@@ -51,7 +51,7 @@ func (s *Server) followRun(w http.ResponseWriter, r *http.Request, in *api.Insta
 	}
 	if in.Spec.AutoRemove {
 		bg := context.WithoutCancel(ctx)
-		if derr := s.deleteInstance(bg, in, latest); derr != nil && err == nil {
+		if derr := s.deleteInstance(bg, in, latest, exit); derr != nil && err == nil {
 			err = fmt.Errorf("remove %s: %w", in.Name, derr)
 		}
 	}
@@ -275,36 +275,53 @@ func (s *Server) pollInstance(ctx context.Context, in *api.Instance, out chan<- 
 	}
 }
 
-// deleteInstance deletes the instance made as created whatever its
-// version; gone already is no error. The node's report of the exit is
-// likely written as the run ends: rather than read it and try again, the
-// first try deletes the instance if it is still the one created and still
-// placed where latest says.
-func (s *Server) deleteInstance(ctx context.Context, created, latest *api.Instance) error {
-	key := s.st.Key(api.KindInstance, created.Tenant, created.Name)
-	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(key), "=", created.ResourceVersion)}
-	if k := s.st.indexKey(latest); k != "" {
-		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(k), ">", 0))
-	}
-	if _, err := s.st.Txn(ctx, "delete instance "+created.Name, cmps, s.st.DeleteOps(latest)); err == nil {
-		return nil
-	}
-	for attempt := 0; ; attempt++ {
-		o, err := s.st.Get(ctx, api.KindInstance, created.Tenant, created.Name)
-		if api.IsNotFound(err) {
-			return nil
+// deleteInstance deletes the instance made as created, whatever its
+// version; gone already is no error. A run it followed ends in the same
+// transaction: unless the node's report of the exit is stored already, an
+// Event records it (the instance's status would take a write of its own).
+// That report is likely being written as the run ends: the first try is
+// conditional on latest, the version seen, and on no more.
+func (s *Server) deleteInstance(ctx context.Context, created, latest *api.Instance, exit *api.ExitStatus) error {
+	end := func(cur *api.Instance) ([]clientv3.Op, error) {
+		ops := s.st.DeleteOps(cur)
+		if exit == nil || cur.Status.Phase == api.PhaseExited {
+			return ops, nil
 		}
+		msg := fmt.Sprintf("exit code %d", exit.Code)
+		switch {
+		case exit.OOMKilled:
+			msg += ", OOMKilled"
+		case exit.Error != "":
+			msg += ": " + exit.Error
+		}
+		ev, err := s.events.op(ctx, s.cfg.Now(), cur.Tenant, "instances/"+cur.Name, "Normal", "exited", msg)
+		if err != nil {
+			s.cfg.Log.Warn("record the end of a run", "instance", cur.Name, "err", err)
+			return ops, nil
+		}
+		return append(ops, ev), nil
+	}
+	cur := latest
+	for attempt := 0; ; attempt++ {
+		if attempt > 0 {
+			o, err := s.st.Get(ctx, api.KindInstance, created.Tenant, created.Name)
+			if api.IsNotFound(err) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			if !o.GetMeta().Created.Equal(created.Created) {
+				return nil // deleted, and another made under the name since
+			}
+			cur = o.(*api.Instance)
+		}
+		ops, err := end(cur)
 		if err != nil {
 			return err
 		}
-		if !o.GetMeta().Created.Equal(created.Created) {
-			return nil // deleted, and another made under the name since
-		}
-		err = s.st.Delete(ctx, o)
-		if err == nil || api.IsNotFound(err) {
-			return nil
-		}
-		if !api.IsConflict(err) || attempt >= 10 {
+		_, err = s.st.Txn(ctx, "delete instance "+created.Name, []clientv3.Cmp{s.st.Unchanged(cur)}, ops)
+		if err == nil || !api.IsConflict(err) || attempt >= 10 {
 			return err
 		}
 	}

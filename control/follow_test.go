@@ -94,6 +94,21 @@ func TestFollowedRunStreamsTheOutputAndRemovesTheInstance(t *testing.T) {
 	if err := acme.Get(c.ctx, "acme", "once", &api.Instance{}); !api.IsNotFound(err) {
 		t.Errorf("after a run with rm, the instance: %v", err)
 	}
+	// Its end is on record: the node's report did not make it before the
+	// instance went, so an Event says it.
+	evs, err := api.ListOf[*api.Event](c.ctx, acme, "acme", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ends []string
+	for _, e := range evs.Items {
+		if e.Object == "instances/once" {
+			ends = append(ends, e.Reason+": "+e.Message)
+		}
+	}
+	if len(ends) != 1 || ends[0] != "exited: exit code 3" {
+		t.Errorf("events of instances/once: %q", ends)
+	}
 
 	// Without rm it stays; a second run of the name is refused, as a
 	// second create is.

@@ -60,6 +60,8 @@ type Server struct {
 	nodes, instances *watchFeed
 	// reports writes the agents' status reports.
 	reports *reportWriter
+	// events writes the ends of the runs the server follows.
+	events *eventWriter
 	// draining is closed when the HTTP server starts shutting down: long
 	// polls answer at once rather than hold the shutdown.
 	draining  chan struct{}
@@ -84,7 +86,8 @@ func NewServer(cfg Config) *Server {
 		auth: newAuthenticator(cfg.Store, cfg.Now),
 		self: &selfCerts{ca: cfg.CA, now: cfg.Now, rnd: cfg.Rand},
 		base: ctx, fabric: newFabricCache(cfg.Store, cfg.Log),
-		nodes: newNodeFeed(cfg.Store, cfg.Log), instances: newTenantFeed(cfg.Store, cfg.Log, api.KindInstance), reports: newReportWriter(ctx, cfg.Store, reportGroup), draining: make(chan struct{})}
+		nodes: newNodeFeed(cfg.Store, cfg.Log), instances: newTenantFeed(cfg.Store, cfg.Log, api.KindInstance), reports: newReportWriter(ctx, cfg.Store, reportGroup), draining: make(chan struct{}),
+		events: &eventWriter{st: cfg.Store, rand: cfg.Rand}}
 	go s.auth.follow(ctx)
 	// Followed from the start, so that a client's watch from the revision
 	// of its create is served from memory.

@@ -226,7 +226,9 @@ func TestDockerVerbs(t *testing.T) {
 		var got []string
 		deadline := time.After(30 * time.Second)
 		c.ok("run", "--rm", "--name", "ev", "busybox", "true")
-		for !containsAll(got, "create", "running", "exited", "destroy") {
+		// A run shorter than the node's settling time is not reported
+		// running: the end it ran to is (an Event of the followed run).
+		for !containsAll(got, "create", "exited", "destroy") {
 			select {
 			case a, ok := <-seen:
 				if !ok {
