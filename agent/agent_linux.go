@@ -106,6 +106,8 @@ type Container struct {
 	// User is the workload's resolved user, for exec.
 	User  specs.User `json:"user"`
 	State State      `json:"state"`
+	// ExitFollowed: the last exit went to a follower (OpFollow) first.
+	ExitFollowed bool `json:"-"`
 }
 
 // container is the agent's live record of one container.

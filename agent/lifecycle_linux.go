@@ -185,6 +185,7 @@ func (a *Agent) startLocked(ctx context.Context, c *container) (err error) {
 		a.tried = make(chan struct{})
 		a.mu.Unlock()
 	}()
+	c.meta.ExitFollowed = false
 	if err := a.mountRootfs(id, c.meta.IDs, c.meta.Spec.Ephemeral, nil); err != nil {
 		return err
 	}
@@ -295,6 +296,7 @@ func (a *Agent) onExit(c *container, exited chan struct{}, observed int) {
 		return
 	}
 	attached := a.recordExitLocked(c, observed)
+	c.meta.ExitFollowed = c.followers > 0
 	close(exited)
 	c.exited = nil
 	if c.watch != nil {

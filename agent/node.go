@@ -159,6 +159,13 @@ func InstanceStatus(c Container, restarts int) api.InstanceStatus {
 // itself waited for the CPU.
 const runningSettle = 5 * time.Millisecond
 
+// followedSettle is how long the report of an auto-removed container's exit
+// waits when a follower (a run in the foreground) took the exit: the
+// server that followed it deletes the instance with the exit on record,
+// and the report would be a write of the store's for nothing. Should the
+// server not get to it, the report goes after all.
+const followedSettle = 100 * time.Millisecond
+
 // SettleUntil is when st may be reported, reported being what was last: a
 // first report of running waits until runningSettle after the start;
 // anything else may go at once (zero).

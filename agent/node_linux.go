@@ -480,6 +480,7 @@ func (n *Node) report(ctx context.Context) {
 				continue
 			}
 			var st api.InstanceStatus
+			var handedOn bool // the exit went to a follower that removes the instance
 			switch {
 			case ni.failure != "":
 				st = api.InstanceStatus{Phase: api.PhaseFailed, Reason: ni.failure, Restarts: ni.acted, FinishedAt: time.Now().UTC()}
@@ -494,11 +495,16 @@ func (n *Node) report(ctx context.Context) {
 					continue
 				}
 				st = InstanceStatus(c, ni.acted)
+				handedOn = c.ExitFollowed && c.Spec.Ephemeral
 			}
 			if ni.reported != nil && SameStatus(*ni.reported, st) {
 				continue
 			}
-			if at := SettleUntil(st, ni.reported); at.After(now) {
+			at := SettleUntil(st, ni.reported)
+			if handedOn && st.Phase == api.PhaseExited {
+				at = st.FinishedAt.Add(followedSettle)
+			}
+			if at.After(now) {
 				if next.IsZero() || at.Before(next) {
 					next = at
 				}

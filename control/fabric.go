@@ -105,10 +105,13 @@ func (s *fabricState) apply(k api.Kind, key string, o api.Object) {
 			s.nodes[key] = o.(*api.Node)
 		}
 	case api.KindAddressBlock:
-		if o == nil {
-			delete(s.blocks, key)
+		// Only claimed blocks are routed: a pool is made of a thousand
+		// blocks and more, most of them free, which every publication
+		// would sort again.
+		if b, ok := o.(*api.AddressBlock); ok && b.Node != "" {
+			s.blocks[key] = b
 		} else {
-			s.blocks[key] = o.(*api.AddressBlock)
+			delete(s.blocks, key)
 		}
 	case api.KindInstance:
 		if o == nil {
@@ -126,9 +129,8 @@ func (s *fabricState) fabric() *api.Fabric {
 		f.Nodes = append(f.Nodes, api.FabricNode{Name: name, Address: s.nodes[name].Spec.Address})
 	}
 	for _, name := range slices.Sorted(maps.Keys(s.blocks)) {
-		if b := s.blocks[name]; b.Node != "" {
-			f.Blocks = append(f.Blocks, api.FabricBlock{Prefix: b.Prefix, Node: b.Node})
-		}
+		b := s.blocks[name]
+		f.Blocks = append(f.Blocks, api.FabricBlock{Prefix: b.Prefix, Node: b.Node})
 	}
 	for _, key := range slices.Sorted(maps.Keys(s.instances)) {
 		f.Endpoints = append(f.Endpoints, fabricEndpoint(s.instances[key]))
