@@ -167,9 +167,13 @@ const runningSettle = 5 * time.Millisecond
 const followedSettle = 100 * time.Millisecond
 
 // SettleUntil is when st may be reported, reported being what was last: a
-// first report of running waits until runningSettle after the start;
-// anything else may go at once (zero).
-func SettleUntil(st api.InstanceStatus, reported *api.InstanceStatus) time.Time {
+// first report of running waits until runningSettle after the start, the
+// exit of a run handed on to a follower that removes it followedSettle
+// after the end; anything else may go at once (zero).
+func SettleUntil(st api.InstanceStatus, reported *api.InstanceStatus, handedOn bool) time.Time {
+	if handedOn && st.Phase == api.PhaseExited {
+		return st.FinishedAt.Add(followedSettle)
+	}
 	if st.Phase != api.PhaseRunning || reported != nil && reported.Phase == api.PhaseRunning && reported.StartedAt.Equal(st.StartedAt) {
 		return time.Time{}
 	}

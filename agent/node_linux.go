@@ -500,11 +500,7 @@ func (n *Node) report(ctx context.Context) {
 			if ni.reported != nil && SameStatus(*ni.reported, st) {
 				continue
 			}
-			at := SettleUntil(st, ni.reported)
-			if handedOn && st.Phase == api.PhaseExited {
-				at = st.FinishedAt.Add(followedSettle)
-			}
-			if at.After(now) {
+			if at := SettleUntil(st, ni.reported, handedOn); at.After(now) {
 				if next.IsZero() || at.Before(next) {
 					next = at
 				}

@@ -231,7 +231,7 @@ func TestDecideHandoff(t *testing.T) {
 	}
 }
 
-func TestSettleUntilHoldsOnlyAFreshRunningReport(t *testing.T) {
+func TestSettleUntilHoldsAFreshRunningReportAndAHandedOnExit(t *testing.T) {
 	start := time.Date(2026, 12, 7, 1, 0, 0, 0, time.UTC)
 	running := api.InstanceStatus{Phase: api.PhaseRunning, StartedAt: start}
 	exited := api.InstanceStatus{Phase: api.PhaseExited, StartedAt: start, FinishedAt: start.Add(time.Millisecond)}
@@ -251,8 +251,16 @@ func TestSettleUntilHoldsOnlyAFreshRunningReport(t *testing.T) {
 		{"exited", exited, nil, time.Time{}},
 		{"exited after running", exited, &running, time.Time{}},
 	} {
-		if got := SettleUntil(c.st, c.reported); !got.Equal(c.want) {
+		if got := SettleUntil(c.st, c.reported, false); !got.Equal(c.want) {
 			t.Errorf("%s: SettleUntil = %v, want %v", c.name, got, c.want)
 		}
+	}
+	// An exit a follower took (and removes the instance after) waits;
+	// what it ran to before is no matter.
+	if got := SettleUntil(exited, &running, true); !got.Equal(exited.FinishedAt.Add(followedSettle)) {
+		t.Errorf("handed-on exit: SettleUntil = %v", got)
+	}
+	if got := SettleUntil(running, nil, true); !got.Equal(start.Add(runningSettle)) {
+		t.Errorf("running, handed on: SettleUntil = %v", got)
 	}
 }
