@@ -169,6 +169,23 @@ func startUpNode(b *testing.B) *upNode {
 	return n
 }
 
+// containers counts the containers on the node: the agent's container
+// directories, but for .spare, which holds emptied ones kept for reuse.
+func (n *upNode) containers(b *testing.B) int {
+	b.Helper()
+	ents, err := os.ReadDir(filepath.Join(n.data, "agent", "containers"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	live := 0
+	for _, e := range ents {
+		if !strings.HasPrefix(e.Name(), ".") {
+			live++
+		}
+	}
+	return live
+}
+
 // quiesce waits until the node has removed every container of the runs
 // before, and a moment more for the kernel's own clean-up (network
 // namespaces and devices go in the background), so that one variant's
@@ -177,13 +194,7 @@ func (n *upNode) quiesce(b *testing.B) {
 	b.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		ents, _ := os.ReadDir(filepath.Join(n.data, "agent", "containers"))
-		busy := 0
-		for _, e := range ents {
-			if !strings.HasPrefix(e.Name(), ".") {
-				busy++
-			}
-		}
+		busy := n.containers(b)
 		if busy == 0 {
 			break
 		}
@@ -404,15 +415,12 @@ func BenchmarkUpIdle(b *testing.B) {
 			b.Fatal(err)
 		}
 		for deadline := time.Now().Add(time.Hour); ; time.Sleep(250 * time.Millisecond) {
-			ents, err := os.ReadDir(filepath.Join(n.data, "agent", "containers"))
-			if err != nil {
-				b.Fatal(err)
-			}
-			if len(ents) == 0 {
+			left := n.containers(b)
+			if left == 0 {
 				break
 			}
 			if time.Now().After(deadline) {
-				b.Fatalf("%d containers left after an hour", len(ents))
+				b.Fatalf("%d containers left after an hour", left)
 			}
 		}
 		fmt.Printf("service of %d removed, every container gone, in %v\n", count, time.Since(start).Round(time.Millisecond))
