@@ -209,3 +209,57 @@ func TestUpdateRefillsSetsInPlace(t *testing.T) {
 		t.Fatal("a refill after a tenant left holds other addresses than a whole apply")
 	}
 }
+
+// Updates from a shape that knows its sets' contents change only what
+// differs, element by element, and leave what a whole apply would:
+// endpoints added, removed, and an address moved to another tenant.
+func TestUpdateChangesOnlyWhatDiffers(t *testing.T) {
+	netnstest.RequireRoot(t, "nft")
+	ns := netnstest.New(t, "bp"+netnstest.Unique())
+	h, err := netns.GetFromPath(ns.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	rules := []Rule{{Name: "in", Target: Selector{Tenant: "t0"}, Peers: []Peer{{Selector: &Selector{Tenant: "t1"}}}, Ports: []Port{{Proto: "tcp", Port: 80}}}}
+	compile := func(tenantOf map[int]int) Ruleset {
+		var eps []Endpoint
+		for i, tn := range tenantOf {
+			eps = append(eps, Endpoint{ID: fmt.Sprint("c", i), Tenant: fmt.Sprint("t", tn),
+				Addrs: []netip.Addr{netip.AddrFrom4([4]byte{10, 88, 0, byte(i)}), netip.AddrFrom16([16]byte{0xfd, 0, 0, 0x88, 15: byte(i)})}})
+		}
+		rs, err := Compile(eps, rules, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rs
+	}
+	var shape *Shape
+	step := func(what string, rs Ruleset) {
+		t.Helper()
+		s, err := Update(int(h), shape, rs)
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		shape = &s
+		got := ns.Run(t, "nft", "list", "ruleset")
+		if err := Apply(int(h), rs); err != nil {
+			t.Fatal(err)
+		}
+		if want := ns.Run(t, "nft", "list", "ruleset"); got != want {
+			t.Fatalf("%s: updated\n%s\nwhole apply:\n%s", what, got, want)
+		}
+	}
+	m := map[int]int{1: 0, 2: 1, 3: 0}
+	step("first", compile(m))
+	if shape.sets == nil {
+		t.Fatal("the shape of an apply does not know its sets")
+	}
+	m[4] = 1
+	step("one more", compile(m))
+	delete(m, 1)
+	step("one fewer", compile(m))
+	m[3] = 1
+	step("moved to another tenant", compile(m))
+	step("unchanged", compile(m))
+}

@@ -425,6 +425,16 @@ type Shape struct {
 	Tenants         int
 	Ingress, Egress []Match // without their ranges
 	Publish         []PortMap
+	// sets are the installed sets' contents by name, when known (Update
+	// and apply record them): Update then changes only what differs.
+	sets map[string]setContent
+}
+
+// setContent is what a set holds: each element's key and, for a verdict
+// map, the chain it jumps to; an interval set's elements as a whole.
+type setContent struct {
+	interval string
+	els      map[string]string
 }
 
 // ShapeOf is the shape of the table that installs rs.
