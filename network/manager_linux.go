@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -316,6 +317,18 @@ func (m *Manager) Detach(id string) error {
 	defer done()
 	hostIf := HostIfName(id)
 	l, err := m.nl.LinkByName(hostIf)
+	if err == nil {
+		// The container's network namespace takes the veth with it as it
+		// goes, with its other devices in one batch; a delete of our own
+		// would hold the kernel's locks through grace periods of its
+		// own. Wait a moment for that before deleting it here (the
+		// namespace may outlive the container, held open elsewhere).
+		for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			if l, err = m.nl.LinkByName(hostIf); err != nil {
+				break
+			}
+		}
+	}
 	switch {
 	case err == nil:
 		if err := m.nl.LinkDel(l); err != nil {
