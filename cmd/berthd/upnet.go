@@ -369,7 +369,16 @@ func (s *blockStore) claim(b netip.Prefix) (string, error) {
 // start reconciles the node's stored blocks with the control plane's: see
 // planBlocks.
 func (s *blockStore) start(ctx context.Context) error {
-	list, err := api.ListOf[*api.AddressBlock](ctx, s.cli, "", "")
+	// A server that dies while it answers cuts the list short; the client
+	// moves on to another server on the next request.
+	var list api.List[*api.AddressBlock]
+	var err error
+	for attempt := 0; attempt < 5; attempt++ {
+		if list, err = api.ListOf[*api.AddressBlock](ctx, s.cli, "", ""); err == nil || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 	if err != nil {
 		return fmt.Errorf("list address blocks: %w", err)
 	}
