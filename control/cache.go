@@ -128,6 +128,25 @@ func (st *Store) nodeLost(resp clientv3.WatchResponse) bool {
 	return false
 }
 
+// newRun reports whether resp creates a standalone instance (berth run's)
+// still to be placed: someone waits on its placement, where a service's
+// replicas are made by the leader itself and placed in the same cycle.
+func (s *state) newRun(st *Store, resp clientv3.WatchResponse) bool {
+	for _, ev := range resp.Events {
+		if !ev.IsCreate() {
+			continue
+		}
+		rest, ok := strings.CutPrefix(string(ev.Kv.Key), st.KindPrefix(api.KindInstance, ""))
+		if !ok {
+			continue
+		}
+		if in, ok := s.instances[rest]; ok && in.Spec.Node == "" && in.Spec.Service == "" {
+			return true
+		}
+	}
+	return false
+}
+
 // apply folds one key's change into s. An event no newer than what s holds
 // (the loop's own write got there first) is ignored: a key's version is
 // its mod revision, so the echo of the loop's own write need not be

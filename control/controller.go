@@ -218,8 +218,9 @@ func (l *Loop) rest(ctx context.Context, m *mirror, d time.Duration) (bool, erro
 			}
 			changed = true
 			// A node's death ends the rest: its instances are to be
-			// replaced now, not a cycle's time later.
-			if l.st.nodeLost(resp) {
+			// replaced now, not a cycle's time later. So does a run:
+			// its caller waits on the placement.
+			if l.st.nodeLost(resp) || l.s.newRun(l.st, resp) {
 				return true, nil
 			}
 		case <-t.C:

@@ -87,3 +87,32 @@ func TestANodesDeathEndsTheLeadersRest(t *testing.T) {
 		}
 	}
 }
+
+func TestANewRunEndsTheLeadersRest(t *testing.T) {
+	st := NewStore(nil, "/p")
+	s := newState()
+	s.instances["t/run"] = &api.Instance{Meta: api.Meta{Name: "run", Tenant: "t"}}
+	s.instances["t/placed"] = &api.Instance{Meta: api.Meta{Name: "placed", Tenant: "t"}, Spec: api.InstanceSpec{Node: "n1"}}
+	s.instances["t/web-x"] = &api.Instance{Meta: api.Meta{Name: "web-x", Tenant: "t"}, Spec: api.InstanceSpec{Service: "web"}}
+	ev := func(create bool, key string) clientv3.WatchResponse {
+		kv := &mvccpb.KeyValue{Key: []byte(key), CreateRevision: 5, ModRevision: 5}
+		if !create {
+			kv.CreateRevision = 4
+		}
+		return clientv3.WatchResponse{Events: []*clientv3.Event{{Type: mvccpb.PUT, Kv: kv}}}
+	}
+	for _, c := range []struct {
+		resp clientv3.WatchResponse
+		want bool
+	}{
+		{ev(true, st.Key(api.KindInstance, "t", "run")), true},
+		{ev(false, st.Key(api.KindInstance, "t", "run")), false},   // a change, not a new run
+		{ev(true, st.Key(api.KindInstance, "t", "placed")), false}, // placed already
+		{ev(true, st.Key(api.KindInstance, "t", "web-x")), false},  // a service's: the leader made it
+		{ev(true, st.Key(api.KindService, "t", "run")), false},
+	} {
+		if got := s.newRun(st, c.resp); got != c.want {
+			t.Errorf("%s: new run %v, want %v", c.resp.Events[0].Kv.Key, got, c.want)
+		}
+	}
+}
