@@ -61,33 +61,46 @@ func (c *Client) Run(ctx context.Context, in *Instance, fn func(LogLine) error) 
 		return nil, err
 	}
 	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
+	exit, err := ReadFollow(resp.Body, "run "+in.Name, func(ev FollowEvent) error {
+		if ev.Instance != nil {
+			*in = *ev.Instance
+			return nil
+		}
+		return fn(*ev.Log)
+	})
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	return exit, err
+}
+
+// ReadFollow reads a follow stream (FollowEvent lines) from r until its
+// end, passing fn each line of output (and a create's instance), and
+// returns the exit it ends with, or the error; what names the stream in
+// errors.
+func ReadFollow(r io.Reader, what string, fn func(FollowEvent) error) (*ExitStatus, error) {
+	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 16<<20)
 	for sc.Scan() {
 		var ev FollowEvent
 		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
-			return nil, fmt.Errorf("run %s: bad line: %w", in.Name, err)
+			return nil, fmt.Errorf("%s: bad line: %w", what, err)
 		}
 		switch {
-		case ev.Instance != nil:
-			*in = *ev.Instance
-		case ev.Log != nil:
-			if err := fn(*ev.Log); err != nil {
-				return nil, err
-			}
 		case ev.Exit != nil:
 			return ev.Exit, nil
 		case ev.Error != nil:
 			return nil, ev.Error
+		case ev.Log != nil || ev.Instance != nil:
+			if err := fn(ev); err != nil {
+				return nil, err
+			}
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("run %s: %w", in.Name, err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	return nil, fmt.Errorf("run %s: the server ended the stream before the run ended", in.Name)
+	return nil, fmt.Errorf("%s: the stream ended before the run did", what)
 }
 
 // Logs calls fn with each log line of an instance's container, following

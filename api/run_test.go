@@ -57,7 +57,7 @@ func TestRunStreamsOutputAndTheExit(t *testing.T) {
 	if _, err := c.Run(ctxT(t), &Instance{Meta: Meta{Name: "failed", Tenant: "shop"}}, func(LogLine) error { return nil }); Code(err) != http.StatusGone {
 		t.Fatalf("a run ending in an error: %v", err)
 	}
-	if _, err := c.Run(ctxT(t), &Instance{Meta: Meta{Name: "cut", Tenant: "shop"}}, func(LogLine) error { return nil }); err == nil || !strings.Contains(err.Error(), "before the run ended") {
+	if _, err := c.Run(ctxT(t), &Instance{Meta: Meta{Name: "cut", Tenant: "shop"}}, func(LogLine) error { return nil }); err == nil || !strings.Contains(err.Error(), "before the run did") {
 		t.Fatalf("a stream cut short: %v", err)
 	}
 	if _, err := c.Run(ctxT(t), &Instance{Meta: Meta{Name: "x", Tenant: "nosuch/"}}, func(LogLine) error { return nil }); Code(err) == 0 {

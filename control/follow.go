@@ -1,10 +1,8 @@
 package control
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -179,28 +177,12 @@ func (s *Server) followAgent(ctx context.Context, node, agentURL string, in *api
 		}
 		return nil, &e
 	}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 16<<20)
-	for sc.Scan() {
-		var ev api.FollowEvent
-		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
-			return nil, fmt.Errorf("node agent of %s: bad line: %w", in.Name, err)
+	return api.ReadFollow(resp.Body, "node agent of "+in.Name, func(ev api.FollowEvent) error {
+		if ev.Log == nil {
+			return nil
 		}
-		switch {
-		case ev.Log != nil:
-			if err := emit(ev.Log); err != nil {
-				return nil, err
-			}
-		case ev.Exit != nil:
-			return ev.Exit, nil
-		case ev.Error != nil:
-			return nil, ev.Error
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return nil, err
-	}
-	return nil, errors.New("node agent ended the stream before the run ended")
+		return emit(ev.Log)
+	})
 }
 
 // followInstance sends in's later versions on the channel it returns, which
