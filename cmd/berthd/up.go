@@ -285,6 +285,12 @@ func runNodeHost(ctx context.Context, log *slog.Logger, h nodeHost) error {
 // the default's statedir.Base: containers' unprivileged host uids reach
 // their mount points below it.
 func prepareStateDir(dataDir, dir string) (string, error) {
+	if dir == "" && statedir.HasOldLayout(dataDir) {
+		// Containers made before the state directory existed keep their
+		// runtime state in the data directory: a node upgraded in place
+		// goes on with them there rather than take them for exited.
+		return dataDir, nil
+	}
 	modes := []string{dir}
 	if dir == "" {
 		d, err := statedir.Default(dataDir)

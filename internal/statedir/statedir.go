@@ -6,7 +6,9 @@ package statedir
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"os"
 	"path/filepath"
+	"strings"
 )
 
 // Base is where state directories go by default: a tmpfs on every
@@ -26,4 +28,21 @@ func Default(dataDir string) (string, error) {
 	}
 	h := sha256.Sum256([]byte(abs))
 	return filepath.Join(Base, hex.EncodeToString(h[:6])), nil
+}
+
+// HasOldLayout reports whether dataDir holds the runtime state of
+// containers made before nodes had a state directory (DATA/runtime, one
+// directory per container): such a node must go on with its state where
+// it is.
+func HasOldLayout(dataDir string) bool {
+	ents, err := os.ReadDir(filepath.Join(dataDir, "runtime"))
+	if err != nil {
+		return false
+	}
+	for _, e := range ents {
+		if e.IsDir() && !strings.HasPrefix(e.Name(), ".") {
+			return true
+		}
+	}
+	return false
 }

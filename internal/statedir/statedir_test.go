@@ -74,3 +74,22 @@ func TestEnsureTmpfsMountsOnceOnADisk(t *testing.T) {
 		t.Fatalf("state dir mode: %v %v", fi.Mode(), err)
 	}
 }
+
+func TestHasOldLayoutSeesContainersRuntimeStateInTheDataDir(t *testing.T) {
+	data := t.TempDir()
+	if HasOldLayout(data) {
+		t.Fatal("an empty data dir has the old layout")
+	}
+	if err := os.MkdirAll(filepath.Join(data, "runtime", ".seccomp"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if HasOldLayout(data) {
+		t.Fatal("a runtime dir with only the seccomp cache has the old layout")
+	}
+	if err := os.Mkdir(filepath.Join(data, "runtime", "0a75f8da2fe29a3669d61a89f52adc50"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if !HasOldLayout(data) {
+		t.Fatal("a container's runtime state in the data dir is not seen")
+	}
+}
