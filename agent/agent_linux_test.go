@@ -107,20 +107,7 @@ func newEnv(t *testing.T) *env {
 // removed) when the test ends unless keep is set.
 func (e *env) agent(t *testing.T) *Agent {
 	t.Helper()
-	a, err := New(context.Background(), Config{Root: filepath.Join(e.dir, "agent"), Images: e.images, Runtime: e.rt, InitPath: e.init})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		for _, c := range a.List() {
-			if err := a.Remove(context.Background(), c.ID, true); err != nil {
-				t.Errorf("remove %s: %v", c.ID, err)
-			}
-		}
-		a.Close()
-		removeCgroupParent(a.cgroups)
-	})
-	return a
+	return openAgent(t, Config{Root: filepath.Join(e.dir, "agent"), Images: e.images, Runtime: e.rt, InitPath: e.init})
 }
 
 // removeCgroupParent removes an agent's (empty) parent cgroup from every

@@ -74,20 +74,7 @@ func (e *netEnv) network(t *testing.T) *Network {
 // removed when the test ends.
 func (e *netEnv) agentWith(t *testing.T, nw *Network) *Agent {
 	t.Helper()
-	a, err := New(ctxT(t), Config{Root: filepath.Join(e.dir, "agent"), Images: e.images, Runtime: e.rt, InitPath: e.init, Networker: nw})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		for _, c := range a.List() {
-			if err := a.Remove(context.Background(), c.ID, true); err != nil {
-				t.Errorf("remove %s: %v", c.ID, err)
-			}
-		}
-		a.Close()
-		removeCgroupParent(a.cgroups)
-	})
-	return a
+	return openAgent(t, Config{Root: filepath.Join(e.dir, "agent"), Images: e.images, Runtime: e.rt, InitPath: e.init, Networker: nw})
 }
 
 // webCmd serves /cgi-bin/ip, which answers the client's address as the
