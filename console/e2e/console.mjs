@@ -156,7 +156,7 @@ try {
   await page.getByRole('tab', { name: 'Monitoring' }).click();
   await page.locator('figure.chart').nth(2).waitFor();
   // The control plane samples every 10 s; a rate needs two samples.
-  await page.locator('figure.chart polyline').first().waitFor({ timeout: 45000 });
+  await page.locator('figure.chart polyline').first().waitFor({ state: 'attached', timeout: 45000 });
   await shot('10-monitoring');
 
   log('stop, start and restart it');
@@ -217,7 +217,11 @@ try {
   await shot('12-nodes');
   await page.getByRole('link', { name: env('BERTH_NODE') }).click();
   await page.getByRole('heading', { name: `Node ${env('BERTH_NODE')}` }).waitFor();
-  await page.locator('figure.chart polyline').first().waitFor();
+  // A flat line (a node with nothing running) has no height, which
+  // Playwright counts as hidden: the chart is drawn when its figure shows
+  // and holds a line.
+  await page.locator('figure.chart').first().waitFor();
+  await page.locator('figure.chart polyline').first().waitFor({ state: 'attached' });
   await shot('13-node');
   await page.getByRole('link', { name: '← Nodes' }).click();
   log('drain the node');
