@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/berth-dev/berth/runtime/cgroups"
 	"io"
 	"log/slog"
 	"net"
@@ -20,7 +19,9 @@ import (
 	"time"
 
 	"github.com/berth-dev/berth/image"
+	"github.com/berth-dev/berth/internal/rewrite"
 	"github.com/berth-dev/berth/runtime"
+	"github.com/berth-dev/berth/runtime/cgroups"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 )
@@ -346,7 +347,7 @@ func (a *Agent) save(c *container) error {
 	}
 	p := filepath.Join(a.dir(c.meta.ID), "meta.json")
 	tmp := p + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+	if err := rewrite.File(tmp, b, 0o600); err != nil {
 		return fmt.Errorf("save container %s: %w", c.meta.ID, err)
 	}
 	// Exchanged, not renamed over: the old version stays in tmp, whose

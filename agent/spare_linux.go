@@ -7,7 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"golang.org/x/sys/unix"
+	"github.com/berth-dev/berth/internal/rewrite"
 )
 
 // A removed container's directory is kept, emptied, for the next one. A
@@ -111,7 +111,7 @@ func emptyForSpare(dir string) error {
 			return nil
 		}
 		if d.Type().IsRegular() {
-			if err := unix.Truncate(p, 0); err != nil {
+			if err := rewrite.Empty(p); err != nil {
 				walkErr = err
 			}
 			return nil

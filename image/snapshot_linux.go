@@ -5,12 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/berth-dev/berth/internal/mountinfo"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 
+	"github.com/berth-dev/berth/internal/mountinfo"
+	"github.com/berth-dev/berth/internal/rewrite"
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 )
@@ -141,7 +142,7 @@ func (s *Store) prepareSnapshot(ctx context.Context, img *Image, containerID str
 	if err != nil {
 		return p, err
 	}
-	if err := os.WriteFile(filepath.Join(dir, "meta.json"), mb, 0o600); err != nil {
+	if err := rewrite.File(filepath.Join(dir, "meta.json"), mb, 0o600); err != nil {
 		return p, fmt.Errorf("snapshot %s: %w", containerID, err)
 	}
 	ok = true

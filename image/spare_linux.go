@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/berth-dev/berth/internal/rewrite"
 	"golang.org/x/sys/unix"
 )
 
@@ -59,7 +60,7 @@ func emptySnapshot(dir string) error {
 		p := filepath.Join(dir, e.Name())
 		switch {
 		case e.Name() == "meta.json" && e.Type().IsRegular():
-			errs = append(errs, unix.Truncate(p, 0))
+			errs = append(errs, rewrite.Empty(p))
 		case (e.Name() == "upper" || e.Name() == "work") && e.IsDir():
 			errs = append(errs, emptyDir(p), os.Chown(p, 0, 0), os.Chmod(p, 0o755), dropXattrs(p))
 		default:

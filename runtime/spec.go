@@ -2,9 +2,9 @@ package runtime
 
 import (
 	"encoding/json"
-	"os"
 	"path/filepath"
 
+	"github.com/berth-dev/berth/internal/rewrite"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
@@ -125,5 +125,5 @@ func WriteSpec(bundle string, spec *specs.Spec) error {
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(filepath.Join(bundle, "config.json"), b, 0o644)
+	return rewrite.File(filepath.Join(bundle, "config.json"), b, 0o644)
 }
