@@ -24,6 +24,9 @@ import (
 // prefix, so tests never see each other's objects.
 var etcdClient *clientv3.Client
 
+// etcdURL is where that etcd serves clients in other processes.
+var etcdURL string
+
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "berth-control-test-")
 	if err != nil {
@@ -36,7 +39,7 @@ func TestMain(m *testing.M) {
 		os.RemoveAll(dir)
 		os.Exit(1)
 	}
-	etcdClient = c
+	etcdClient, etcdURL = c, e.Config().ListenClientUrls[0].String()
 	code := m.Run()
 	c.Close()
 	e.Close()

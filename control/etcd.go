@@ -13,7 +13,10 @@ import (
 	"github.com/berth-dev/berth/api"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
+	"go.etcd.io/etcd/server/v3/etcdserver"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/membership"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/v3rpc"
+	"go.etcd.io/etcd/server/v3/proxy/grpcproxy/adapter"
 	"go.etcd.io/etcd/server/v3/storage/wal"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
@@ -254,6 +257,10 @@ func StartEtcd(cfg EtcdConfig) (*embed.Etcd, *clientv3.Client, error) {
 		}
 		return nil, nil, fmt.Errorf("embedded etcd in %s not ready after %s", cfg.Dir, ready)
 	}
+	if members == nil {
+		// Alone, every request is this process's own: see localClient.
+		return e, localClient(e.Server), nil
+	}
 	ccfg := clientv3.Config{Endpoints: []string{clientURL}, DialTimeout: 5 * time.Second, MaxCallSendMsgSize: 64 << 20, MaxCallRecvMsgSize: 1 << 30}
 	if members != nil {
 		ccfg.Endpoints = memberEndpoints(clientURL, e.Server.Cluster().Members())
@@ -277,6 +284,41 @@ func StartEtcd(cfg EtcdConfig) (*embed.Etcd, *clientv3.Client, error) {
 	}
 	return e, c, nil
 }
+
+// localLeases is the key of a local client's lease service in its
+// context, for the lease line.
+type localLeases struct{}
+
+// localClient is a client of the member in this process that calls its
+// services directly. Over the loopback, each transaction, range and watch
+// event went through gRPC's HTTP/2 framing and the kernel's TCP twice, a
+// sizeable share of a short run's time (berth run --rm) and of the CPU.
+// The member's other clients (etcdctl, other servers) still come in over
+// its client URL.
+func localClient(s *etcdserver.EtcdServer) *clientv3.Client {
+	leases := adapter.LeaseServerToLeaseClient(v3rpc.NewQuotaLeaseServer(s))
+	c := clientv3.NewCtxClient(context.WithValue(context.Background(), localLeases{}, leases), clientv3.WithZapLogger(s.Logger()))
+	c.KV = clientv3.NewKVFromKVClient(adapter.KvServerToKvClient(v3rpc.NewQuotaKVServer(s)), c)
+	c.Lease = clientv3.NewLeaseFromLeaseClient(leases, c, time.Second)
+	c.Watcher = localWatcher{clientv3.NewWatchFromWatchClient(adapter.WatchServerToWatchClient(v3rpc.NewWatchServer(s)), c)}
+	c.Cluster = clientv3.NewClusterFromClusterClient(adapter.ClusterServerToClusterClient(v3rpc.NewClusterServer(s)), c)
+	c.Maintenance = clientv3.NewMaintenanceFromMaintenanceClient(adapter.MaintenanceServerToMaintenanceClient(v3rpc.NewMaintenanceServer(s, nil)), c)
+	c.Auth = clientv3.NewAuthFromAuthClient(adapter.AuthServerToAuthClient(v3rpc.NewAuthServer(s)), c)
+	return c
+}
+
+// localWatcher gives the member's watch server the caller's context under
+// a fixed name: the server's goroutines may print it, and printing a
+// context reads its values, which the caller may still be writing.
+type localWatcher struct{ clientv3.Watcher }
+
+func (w localWatcher) Watch(ctx context.Context, key string, opts ...clientv3.OpOption) clientv3.WatchChan {
+	return w.Watcher.Watch(named{ctx}, key, opts...)
+}
+
+type named struct{ context.Context }
+
+func (named) String() string { return "local watch" }
 
 // followMembers adds to the client's endpoints the members that publish
 // their client URLs after this one started (at first start, a member is

@@ -21,6 +21,9 @@ import (
 // session, then had to reload the whole cluster. On a line of their own,
 // the same load lapsed none.
 //
+// A local client (a lone embedded member's) has no connection to share:
+// its line is the member's lease service, called directly.
+//
 // The line keeps to one endpoint (the first: a server's own embedded
 // member comes first) and moves to the next when a user of it reports it
 // failed.
@@ -39,6 +42,9 @@ type leaseLine struct {
 func (l *leaseLine) lease() (pb.LeaseClient, *clientv3.Client, *grpc.ClientConn) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if local, ok := l.c.Ctx().Value(localLeases{}).(pb.LeaseClient); ok {
+		return local, l.c, nil
+	}
 	if l.conn == nil {
 		eps := l.c.Endpoints()
 		if len(eps) == 0 {
