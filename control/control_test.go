@@ -75,13 +75,15 @@ func newCluster(t *testing.T, lead bool) *cluster {
 	if err := Bootstrap(ctx, st, adminSecret, time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	handler := NewServer(Config{Store: st, Log: log, Now: time.Now, Rand: rand.Reader, NodeTTL: 2 * time.Second})
+	// As in berth up, the leader and the API share a process.
+	runs := NewRuns()
+	handler := NewServer(Config{Store: st, Log: log, Now: time.Now, Rand: rand.Reader, NodeTTL: 2 * time.Second, Runs: runs})
 	srv := httptest.NewServer(handler)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		if lead {
-			_ = RunLeader(ctx, LoopConfig{Store: st, Log: log, Now: time.Now, Rand: NewRand(2), Batch: 200, Identity: t.Name()})
+			_ = RunLeader(ctx, LoopConfig{Store: st, Log: log, Now: time.Now, Rand: NewRand(2), Batch: 200, Identity: t.Name(), Runs: runs})
 		}
 	}()
 	t.Cleanup(func() {

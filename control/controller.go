@@ -43,6 +43,9 @@ type LoopConfig struct {
 	// plane ran (a restart of the only server), leases lapse though the
 	// nodes live, and they need a moment to register again.
 	NodeGrace time.Duration
+	// Runs, shared with this process's server, lets the loop create
+	// standalone instances placed (see Runs); nil for none.
+	Runs *Runs
 }
 
 // RunLeader campaigns for leadership and, while leader, runs the scheduler
@@ -114,6 +117,9 @@ type Loop struct {
 	fresh []*api.Instance
 
 	events *eventWriter
+	// runs are the standalone instances a server in this process hands
+	// over while the loop follows the store (see Runs).
+	runs <-chan runRequest
 	// began is when this loop started leading.
 	began time.Time
 }
@@ -155,6 +161,9 @@ func (l *Loop) Run(ctx context.Context) error {
 func (l *Loop) follow(ctx context.Context, m *mirror) error {
 	tick := time.NewTicker(l.cfg.Tick)
 	defer tick.Stop()
+	runs, stop := l.cfg.Runs.serve()
+	defer stop()
+	l.runs = runs
 	for {
 		began := l.cfg.Now()
 		if err := l.Cycle(ctx); err != nil && ctx.Err() == nil {
@@ -178,9 +187,22 @@ func (l *Loop) follow(ctx context.Context, m *mirror) error {
 				continue
 			}
 		}
+		if err := l.idle(ctx, m, tick.C); err != nil {
+			return err
+		}
+	}
+}
+
+// idle waits for a change or a tick, creating the runs handed to it
+// meanwhile (they need no cycle: each is placed as it is made).
+func (l *Loop) idle(ctx context.Context, m *mirror, tick <-chan time.Time) error {
+	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case req := <-l.runs:
+			l.createPlaced(req)
+			continue
 		case resp := <-m.events:
 			if err := l.s.applyResponse(l.st, resp); err != nil {
 				return err
@@ -197,8 +219,9 @@ func (l *Loop) follow(ctx context.Context, m *mirror) error {
 					more = false
 				}
 			}
-		case <-tick.C:
+		case <-tick:
 		}
+		return nil
 	}
 }
 
@@ -212,6 +235,8 @@ func (l *Loop) rest(ctx context.Context, m *mirror, d time.Duration) (bool, erro
 		select {
 		case <-ctx.Done():
 			return changed, ctx.Err()
+		case req := <-l.runs:
+			l.createPlaced(req)
 		case resp := <-m.events:
 			if err := l.s.applyResponse(l.st, resp); err != nil {
 				return changed, err
@@ -639,7 +664,7 @@ func (l *Loop) schedule(ctx context.Context) error {
 	s := l.s
 	var pending []*api.Instance
 	for _, in := range s.instances {
-		if in.Spec.Node == "" && in.Spec.Desired != api.DesiredStopped && !reconcile.Retiring(in) {
+		if in.Spec.Node == "" && toPlace(in) {
 			pending = append(pending, in)
 		}
 	}
@@ -694,6 +719,11 @@ func (l *Loop) schedule(ctx context.Context) error {
 		return err
 	}
 	return l.writeInstances(ctx, "record unschedulable instances", unprev, unplaced)
+}
+
+// toPlace reports whether in, if not on a node, is to be put on one.
+func toPlace(in *api.Instance) bool {
+	return in.Spec.Desired != api.DesiredStopped && !reconcile.Retiring(in)
 }
 
 // placement is one decision of the scheduler: next replaces prev (nil for

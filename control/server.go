@@ -33,6 +33,9 @@ type Config struct {
 	CA *pki.CA
 	// NodeCertTTL is the life of a node certificate (24 h unless set).
 	NodeCertTTL time.Duration
+	// Runs, shared with the leader loop in this process, lets the loop
+	// create standalone instances placed (see Runs); nil for none.
+	Runs *Runs
 }
 
 // Server serves the /v1 API.
@@ -433,6 +436,12 @@ func (s *Server) handleCreate(w http.ResponseWriter, r *http.Request) {
 	create := s.st.Create
 	if k.TenantScoped() {
 		create = s.st.CreateInTenant
+	}
+	if in, ok := o.(*api.Instance); ok {
+		if placed := s.cfg.Runs.create(r.Context(), in); placed != nil {
+			o = placed
+			create = func(context.Context, api.Object) error { return nil }
+		}
 	}
 	if err := create(r.Context(), o); err != nil {
 		s.fail(w, err)

@@ -101,11 +101,13 @@ func newServerCmd() *cobra.Command {
 				return err
 			}
 			host, _ := os.Hostname()
+			// The leader and the API share a process: runs are created placed.
+			runs := control.NewRuns()
 			go func() {
-				_ = control.RunLeader(ctx, control.LoopConfig{Store: st, Log: log, Now: time.Now, Rand: rand.Reader,
+				_ = control.RunLeader(ctx, control.LoopConfig{Store: st, Runs: runs, Log: log, Now: time.Now, Rand: rand.Reader,
 					Batch: batch, Candidates: 64, Identity: fmt.Sprintf("%s-%d", host, os.Getpid())})
 			}()
-			handler := control.NewServer(control.Config{Store: st, Log: log, Now: time.Now, Rand: rand.Reader, NodeTTL: nodeTTL,
+			handler := control.NewServer(control.Config{Store: st, Runs: runs, Log: log, Now: time.Now, Rand: rand.Reader, NodeTTL: nodeTTL,
 				CA: ca, NodeCertTTL: certTTL})
 			defer handler.Close()
 			return serveServer(ctx, log, handler, serverListen{plain: listen, tls: tlsListen, names: tlsNames, dataDir: dataDir, secret: secret, net: unet})

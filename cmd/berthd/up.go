@@ -105,13 +105,15 @@ func up(ctx context.Context, log *slog.Logger, cfg upConfig, ready func(apiURL, 
 	// Runs before the deferred closes of the agent, API and etcd below.
 	defer wg.Wait()
 	defer cancel()
+	// The leader and the API share a process: runs are created placed.
+	runs := control.NewRuns()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		_ = control.RunLeader(ctx, control.LoopConfig{Store: st, Log: log, Now: time.Now, Rand: rand.Reader,
+		_ = control.RunLeader(ctx, control.LoopConfig{Store: st, Runs: runs, Log: log, Now: time.Now, Rand: rand.Reader,
 			Batch: 1000, Candidates: 64, Identity: fmt.Sprintf("%s-%d", cfg.node, os.Getpid())})
 	}()
-	handler := control.NewServer(control.Config{Store: st, Log: log, Now: time.Now, Rand: rand.Reader, NodeTTL: 3 * time.Second})
+	handler := control.NewServer(control.Config{Store: st, Runs: runs, Log: log, Now: time.Now, Rand: rand.Reader, NodeTTL: 3 * time.Second})
 	defer handler.Close()
 	ln, apiURL, err := listenAPI(cfg.listen)
 	if err != nil {
