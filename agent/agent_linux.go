@@ -131,6 +131,10 @@ type container struct {
 	restartTimer *time.Timer
 	stopHealth   context.CancelFunc
 	removed      bool
+	// written is the bundle's configuration as Create wrote it, handed to
+	// the runtime at the first start and dropped then: kept for good, a
+	// thousand idle containers would hold a thousand seccomp profiles.
+	written *runtime.Written
 }
 
 // Agent runs containers on one node.

@@ -137,10 +137,12 @@ func (a *Agent) Create(ctx context.Context, spec ContainerSpec) (_ string, err e
 	if err != nil {
 		return "", err
 	}
-	if err := runtime.WriteSpec(a.bundle(id), ociSpec); err != nil {
+	written, err := runtime.SaveSpec(a.bundle(id), ociSpec)
+	if err != nil {
 		return "", fmt.Errorf("write bundle: %w", err)
 	}
 	c.mu.Lock()
+	c.written = written
 	err = a.save(c)
 	c.removed = false
 	c.mu.Unlock()
@@ -207,7 +209,8 @@ func (a *Agent) startLocked(ctx context.Context, c *container) (err error) {
 		return err
 	}
 	defer f.Close()
-	opts := runtime.CreateOpts{IO: runtime.IO{Stdout: f, Stderr: f}}
+	opts := runtime.CreateOpts{IO: runtime.IO{Stdout: f, Stderr: f}, Written: c.written}
+	c.written = nil
 	if err := a.cfg.Runtime.Create(ctx, id, a.bundle(id), opts); err != nil {
 		return fmt.Errorf("create container %s: %w", id, err)
 	}

@@ -123,21 +123,27 @@ type initConfig struct {
 }
 
 // loadBundle reads and validates bundle/config.json, and returns it both
-// decoded and as read.
-func loadBundle(bundle string) (*specs.Spec, []byte, string, error) {
+// decoded and as read; w, if it is the bundle's, is taken for the file.
+func loadBundle(bundle string, w *Written) (*specs.Spec, []byte, string, error) {
 	abs, err := filepath.Abs(bundle)
 	if err != nil {
 		return nil, nil, "", fmt.Errorf("bundle %s: %w", bundle, err)
 	}
-	b, err := os.ReadFile(filepath.Join(abs, "config.json"))
-	if err != nil {
-		return nil, nil, "", fmt.Errorf("read bundle config: %w", err)
+	var spec *specs.Spec
+	var b []byte
+	if w != nil && w.Spec != nil && sameDir(w.Bundle, abs) {
+		spec, b = w.Spec, w.JSON
+	} else {
+		b, err = os.ReadFile(filepath.Join(abs, "config.json"))
+		if err != nil {
+			return nil, nil, "", fmt.Errorf("read bundle config: %w", err)
+		}
+		spec = &specs.Spec{}
+		if err := json.Unmarshal(b, spec); err != nil {
+			return nil, nil, "", fmt.Errorf("%s: %s", filepath.Join(abs, "config.json"), describeJSONError(b, err))
+		}
 	}
-	var spec specs.Spec
-	if err := json.Unmarshal(b, &spec); err != nil {
-		return nil, nil, "", fmt.Errorf("%s: %s", filepath.Join(abs, "config.json"), describeJSONError(b, err))
-	}
-	if err := Validate(&spec); err != nil {
+	if err := Validate(spec); err != nil {
 		return nil, nil, "", err
 	}
 	rootfs := spec.Root.Path
@@ -151,7 +157,12 @@ func loadBundle(bundle string) (*specs.Spec, []byte, string, error) {
 	if !fi.IsDir() {
 		return nil, nil, "", fieldErr("root.path", "%s is not a directory", rootfs)
 	}
-	return &spec, b, abs, nil
+	return spec, b, abs, nil
+}
+
+func sameDir(p, abs string) bool {
+	a, err := filepath.Abs(p)
+	return err == nil && a == abs
 }
 
 // describeJSONError turns a decoding error into "line L, column C: ...".
@@ -276,7 +287,7 @@ func (r *Native) create(ctx context.Context, id, bundle string, opts CreateOpts)
 	}()
 	// Never return while it may still be making the executable's copy.
 	defer func() { <-exeDone }()
-	spec, specJSON, bundle, err := loadBundle(bundle)
+	spec, specJSON, bundle, err := loadBundle(bundle, opts.Written)
 	if err != nil {
 		return nil, err
 	}

@@ -162,6 +162,45 @@ func TestExitCodeOfCreatedContainer(t *testing.T) {
 	}
 }
 
+// A caller that wrote the bundle hands it over as written; the runtime
+// takes it as it is, for its own bundle only, and still validates it.
+func TestCreateTakesTheWrittenSpec(t *testing.T) {
+	r := testRuntime(t)
+	ctx := context.Background()
+	bundle := testBundle(t, []string{"sh", "-c", "echo from the spec written"}, nil)
+	w, err := SaveSpec(bundle, loadTestSpec(t, bundle))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The file on disk says otherwise: the run shows which one was used.
+	onDisk := loadTestSpec(t, bundle)
+	onDisk.Process.Args = []string{"sh", "-c", "echo from the file"}
+	if err := WriteSpec(bundle, onDisk); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	sw := &syncWriter{b: &out}
+	code, err := r.Run(ctx, "written", bundle, CreateOpts{IO: IO{Stdout: sw, Stderr: sw}, Written: w}, false)
+	if err != nil || code != 0 || strings.TrimSpace(out.String()) != "from the spec written" {
+		t.Fatalf("run with the written spec: %d %v %q", code, err, out.String())
+	}
+	// Written for another bundle: ignored, the file is read.
+	other := *w
+	other.Bundle = worldDir(t)
+	out.Reset()
+	code, err = r.Run(ctx, "other", bundle, CreateOpts{IO: IO{Stdout: sw, Stderr: sw}, Written: &other}, false)
+	if err != nil || code != 0 || strings.TrimSpace(out.String()) != "from the file" {
+		t.Fatalf("run with another bundle's spec: %d %v %q", code, err, out.String())
+	}
+	// Validated all the same.
+	bad := *w
+	bad.Spec = loadTestSpec(t, bundle)
+	bad.Spec.Root = nil
+	if err := r.Create(ctx, "bad", bundle, CreateOpts{Written: &bad}); err == nil || !strings.Contains(err.Error(), "root.path") {
+		t.Fatalf("create with a written spec without a root: %v, want a root.path error", err)
+	}
+}
+
 func TestLifecycleCreateStartKillDelete(t *testing.T) {
 	r := testRuntime(t)
 	ctx := context.Background()
@@ -317,7 +356,7 @@ func TestUserNamespaceRootIsNotHostRoot(t *testing.T) {
 
 func loadTestSpec(t *testing.T, bundle string) *specs.Spec {
 	t.Helper()
-	s, _, _, err := loadBundle(bundle)
+	s, _, _, err := loadBundle(bundle, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

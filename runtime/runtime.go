@@ -71,6 +71,11 @@ type CreateOpts struct {
 	// Console, if set, receives the pty master instead of ConsoleSocket,
 	// for callers that proxy the terminal themselves (`run -t`).
 	Console func(master *os.File)
+	// Written, if set, is the bundle's config.json as the caller wrote it
+	// (SaveSpec), taken as it is rather than read and decoded again: on a
+	// container's start, reading it back cost more than the rest of the
+	// runtime's own work before the init runs. Ignored for another bundle.
+	Written *Written
 }
 
 // ExecOpts are the choices for running one more process in a container.

@@ -121,9 +121,27 @@ func Features() FeaturesInfo {
 
 // WriteSpec writes spec as bundle/config.json.
 func WriteSpec(bundle string, spec *specs.Spec) error {
+	_, err := SaveSpec(bundle, spec)
+	return err
+}
+
+// Written is a bundle's configuration as its writer wrote it: decoded, and
+// the file's bytes.
+type Written struct {
+	Bundle string
+	Spec   *specs.Spec
+	JSON   []byte
+}
+
+// SaveSpec writes spec as bundle/config.json and returns it as written,
+// for CreateOpts.Written.
+func SaveSpec(bundle string, spec *specs.Spec) (*Written, error) {
 	b, err := json.MarshalIndent(spec, "", "\t")
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return rewrite.File(filepath.Join(bundle, "config.json"), b, 0o644)
+	if err := rewrite.File(filepath.Join(bundle, "config.json"), b, 0o644); err != nil {
+		return nil, err
+	}
+	return &Written{Bundle: bundle, Spec: spec, JSON: b}, nil
 }
