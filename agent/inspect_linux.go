@@ -215,8 +215,8 @@ func (a *Agent) LogEntries(ctx context.Context, ref string, opt LogOptions, fn f
 		return a.rawLogs(id, opt, fn)
 	}
 	var entries []LogEntry
-	asm := &logAssembler{}
-	f, off, err := readLogDir(a.logDir(id), spec.Log.withDefaults().MaxFiles, asm, func(e LogEntry) { entries = append(entries, e) })
+	asm, br := &logAssembler{}, newRecordReader()
+	f, off, err := readLogDir(a.logDir(id), spec.Log.withDefaults().MaxFiles, br, asm, func(e LogEntry) { entries = append(entries, e) })
 	if err != nil {
 		return fmt.Errorf("logs of %s: %w", id, err)
 	}
@@ -234,7 +234,7 @@ func (a *Agent) LogEntries(ctx context.Context, ref string, opt LogOptions, fn f
 		}
 		return nil
 	}
-	return followLog(ctx, a.logDir(id), f, off, asm, func(e LogEntry) error {
+	return followLog(ctx, a.logDir(id), f, off, br, asm, func(e LogEntry) error {
 		if !opt.Since.IsZero() && e.Time.Before(opt.Since) {
 			return nil
 		}

@@ -106,7 +106,7 @@ func FormatLog(w io.Writer, e LogEntry, timestamps bool) error {
 // readLogDir reads every complete entry of the rotated files and the
 // current one, oldest first, and returns the current file open at its end
 // for following (nil if it does not exist yet).
-func readLogDir(dir string, files int, asm *logAssembler, fn func(LogEntry)) (*os.File, int64, error) {
+func readLogDir(dir string, files int, br *bufio.Reader, asm *logAssembler, fn func(LogEntry)) (*os.File, int64, error) {
 	for i := files - 1; i >= 1; i-- {
 		f, err := os.Open(filepath.Join(dir, logFile+"."+strconv.Itoa(i)))
 		if errors.Is(err, fs.ErrNotExist) {
@@ -115,7 +115,7 @@ func readLogDir(dir string, files int, asm *logAssembler, fn func(LogEntry)) (*o
 		if err != nil {
 			return nil, 0, err
 		}
-		_, err = readRecords(f, asm, fn)
+		_, err = readRecords(br, f, asm, fn)
 		f.Close()
 		if err != nil {
 			return nil, 0, err
@@ -128,7 +128,7 @@ func readLogDir(dir string, files int, asm *logAssembler, fn func(LogEntry)) (*o
 	if err != nil {
 		return nil, 0, err
 	}
-	n, err := readRecords(f, asm, fn)
+	n, err := readRecords(br, f, asm, fn)
 	if err != nil {
 		f.Close()
 		return nil, 0, err
@@ -136,10 +136,18 @@ func readLogDir(dir string, files int, asm *logAssembler, fn func(LogEntry)) (*o
 	return f, n, nil
 }
 
-// readRecords reads whole records from r and returns the bytes consumed;
-// a record without its newline yet is left for the next read.
-func readRecords(r io.Reader, asm *logAssembler, fn func(LogEntry)) (int64, error) {
-	br := bufio.NewReaderSize(r, 64<<10)
+// maxRecord is the longest log record kept; a longer one is skipped.
+const maxRecord = 64 << 10
+
+// newRecordReader returns a reader for readRecords. One serves all the
+// reads of a log: a buffer of maxRecord made for each read was most of
+// what a short run's follow allocated.
+func newRecordReader() *bufio.Reader { return bufio.NewReaderSize(nil, maxRecord) }
+
+// readRecords reads whole records from r through br and returns the bytes
+// consumed; a record without its newline yet is left for the next read.
+func readRecords(br *bufio.Reader, r io.Reader, asm *logAssembler, fn func(LogEntry)) (int64, error) {
+	br.Reset(r)
 	var n int64
 	for {
 		line, err := br.ReadSlice('\n')
@@ -171,7 +179,7 @@ func readRecords(r io.Reader, asm *logAssembler, fn func(LogEntry)) (int64, erro
 // or nil: gone already) and everything it wrote is read. The exit wakes
 // it at once, so that a follower ends with the container rather than at
 // its next poll.
-func followLog(ctx context.Context, dir string, f *os.File, off int64, asm *logAssembler, fn func(LogEntry) error, exited <-chan struct{}) error {
+func followLog(ctx context.Context, dir string, f *os.File, off int64, br *bufio.Reader, asm *logAssembler, fn func(LogEntry) error, exited <-chan struct{}) error {
 	path := filepath.Join(dir, logFile)
 	var ferr error
 	emit := func(e LogEntry) {
@@ -199,7 +207,7 @@ func followLog(ctx context.Context, dir string, f *os.File, off int64, asm *logA
 			if _, err := f.Seek(off, io.SeekStart); err != nil {
 				return err
 			}
-			n, err := readRecords(f, asm, emit)
+			n, err := readRecords(br, f, asm, emit)
 			if err != nil {
 				return err
 			}

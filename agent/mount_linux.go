@@ -193,7 +193,10 @@ func mountsUnder(dir string) ([]string, error) {
 	defer f.Close()
 	var out []string
 	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	// Lines grow the buffer as they need: one of 64 KiB, made twice per
+	// container removal, was an eighth of what the agent allocated for a
+	// short run.
+	sc.Buffer(make([]byte, 4<<10), 1<<20)
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())
 		if len(fields) < 5 {

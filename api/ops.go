@@ -80,7 +80,8 @@ func (c *Client) Run(ctx context.Context, in *Instance, fn func(LogLine) error) 
 // errors.
 func ReadFollow(r io.Reader, what string, fn func(FollowEvent) error) (*ExitStatus, error) {
 	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	// Most streams are a few short lines; the buffer grows for long ones.
+	sc.Buffer(make([]byte, 4<<10), 16<<20)
 	for sc.Scan() {
 		var ev FollowEvent
 		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {

@@ -65,6 +65,11 @@ type Native struct {
 	hierOnce sync.Once
 	hier     cgroups.Hierarchy
 	hierErr  error
+	// progs keeps the compiled seccomp programs this process loaded, by
+	// their cache file (see compileSeccomp): read from disk and checked at
+	// every start, the default profile's was 30 KB of garbage a container.
+	progsMu sync.Mutex
+	progs   map[string][]byte
 }
 
 // hierarchy returns the host's cgroup hierarchy.

@@ -34,11 +34,15 @@ func (r *Native) compileSeccomp(s *specs.LinuxSeccomp, raw []byte, exe string) (
 		h.Write([]byte{0})
 		h.Write(raw)
 		fast = filepath.Join(dir, "raw-"+hex.EncodeToString(h.Sum(nil))+".bpf")
+		if b := r.loadedProgram(fast); b != nil {
+			return b, nil
+		}
 		// The init verifies the program's checksum before loading it, so a
 		// damaged entry fails there, and is replaced here next time.
 		if b, err := os.ReadFile(fast); err == nil && len(b) > 0 {
 			var p seccomp.Program
 			if p.UnmarshalBinary(b) == nil {
+				r.keepProgram(fast, b)
 				return b, nil
 			}
 		}
@@ -55,8 +59,28 @@ func (r *Native) compileSeccomp(s *specs.LinuxSeccomp, raw []byte, exe string) (
 		if err := writeFileAtomic(fast, b, 0o600); err != nil {
 			r.Log.Warn("cannot cache seccomp program", "path", fast, "err", err)
 		}
+		r.keepProgram(fast, b)
 	}
 	return b, nil
+}
+
+// maxLoadedPrograms bounds Native.progs: a node runs a few profiles.
+const maxLoadedPrograms = 16
+
+func (r *Native) loadedProgram(key string) []byte {
+	r.progsMu.Lock()
+	defer r.progsMu.Unlock()
+	return r.progs[key]
+}
+
+// keepProgram keeps b, which is never written to, for key.
+func (r *Native) keepProgram(key string, b []byte) {
+	r.progsMu.Lock()
+	defer r.progsMu.Unlock()
+	if r.progs == nil || len(r.progs) >= maxLoadedPrograms {
+		r.progs = map[string][]byte{}
+	}
+	r.progs[key] = b
 }
 
 // rawSeccomp picks linux.seccomp's bytes out of a config.json without
