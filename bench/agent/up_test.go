@@ -20,7 +20,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"github.com/berth-dev/berth/internal/uptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -36,6 +35,7 @@ import (
 	"github.com/berth-dev/berth/image/imagetest"
 	"github.com/berth-dev/berth/internal/busybox"
 	"github.com/berth-dev/berth/internal/testdir"
+	"github.com/berth-dev/berth/internal/uptest"
 	"github.com/berth-dev/berth/network/netnstest"
 )
 
@@ -249,7 +249,8 @@ func (n *upNode) runRmAPI(ctx context.Context, b *testing.B, i int, network stri
 }
 
 // BenchmarkUpRunRm is `berth run --rm busybox true` against `podman run
-// --rm --network none busybox true` in the same run: berth through its CLI
+// --rm --network none busybox true` and, where a Docker engine can run,
+// `docker run --rm --network none busybox true`, in the same run: berth through its CLI
 // (with its network, and with --network none) and through the Go client,
 // from the request to the container's removal.
 func BenchmarkUpRunRm(b *testing.B) {
@@ -292,33 +293,54 @@ func BenchmarkUpRunRm(b *testing.B) {
 			times[name] = time.Since(start) / time.Duration(b.N)
 		})
 	}
+	tarball := filepath.Join(n.dir, "busybox.tar")
 	if _, err := exec.LookPath("podman"); err != nil {
 		b.Logf("podman not installed: %v", err)
-		return
-	}
-	pdir := testdir.World(b)
-	b.Cleanup(func() { _ = podman(b, pdir, "system", "reset", "-f").Run() })
-	tarball := filepath.Join(n.dir, "busybox.tar")
-	if out, err := podman(b, pdir, "import", tarball, "localhost/busybox:latest").CombinedOutput(); err != nil {
-		b.Fatalf("podman import: %v %s", err, out)
-	}
-	n.quiesce(b)
-	b.Run("podman", func(b *testing.B) {
-		start := time.Now()
-		for range b.N {
-			cmd := podman(b, pdir, "run", "--rm", "--network", "none", "--ulimit", "nofile=20000:20000",
-				"--ulimit", "nproc=32768:32768", "localhost/busybox", "true")
-			if out, err := cmd.CombinedOutput(); err != nil {
-				b.Fatalf("podman run: %v %s", err, out)
-			}
+	} else {
+		pdir := testdir.World(b)
+		b.Cleanup(func() { _ = podman(b, pdir, "system", "reset", "-f").Run() })
+		if out, err := podman(b, pdir, "import", tarball, "localhost/busybox:latest").CombinedOutput(); err != nil {
+			b.Fatalf("podman import: %v %s", err, out)
 		}
-		times["podman"] = time.Since(start) / time.Duration(b.N)
-	})
-	pod := times["podman"]
-	for _, k := range []string{"berth-cli-network", "berth-cli-none", "berth-api-network", "berth-api-none"} {
-		if t, ok := times[k]; ok && pod > 0 {
-			fmt.Printf("run --rm busybox true: %s %v, podman --network none %v: %.3f of podman's time (%.1fx faster)\n",
-				k, t.Round(time.Microsecond), pod.Round(time.Microsecond), float64(t)/float64(pod), float64(pod)/float64(t))
+		n.quiesce(b)
+		b.Run("podman", func(b *testing.B) {
+			start := time.Now()
+			for range b.N {
+				cmd := podman(b, pdir, "run", "--rm", "--network", "none", "--ulimit", "nofile=20000:20000",
+					"--ulimit", "nproc=32768:32768", "localhost/busybox", "true")
+				if out, err := cmd.CombinedOutput(); err != nil {
+					b.Fatalf("podman run: %v %s", err, out)
+				}
+			}
+			times["podman"] = time.Since(start) / time.Duration(b.N)
+		})
+	}
+	// Docker's engine, where one can run (Debian's docker.io), started
+	// after berth up's runs so that it costs them nothing.
+	if d, err := startDocker(b, tarball); err != nil {
+		b.Logf("no docker engine: %v", err)
+	} else {
+		n.quiesce(b)
+		b.Run("docker", func(b *testing.B) {
+			start := time.Now()
+			for range b.N {
+				if out, err := d.cmd("run", "--rm", "--network", "none", "busybox", "true").CombinedOutput(); err != nil {
+					b.Fatalf("docker run: %v %s", err, out)
+				}
+			}
+			times["docker"] = time.Since(start) / time.Duration(b.N)
+		})
+	}
+	for _, other := range []string{"podman", "docker"} {
+		base, ok := times[other]
+		if !ok {
+			continue
+		}
+		for _, k := range []string{"berth-cli-network", "berth-cli-none", "berth-api-network", "berth-api-none"} {
+			if t, ok := times[k]; ok {
+				fmt.Printf("run --rm busybox true: %s %v, %s --network none %v: %.3f of %s's time (%.1fx faster)\n",
+					k, t.Round(time.Microsecond), other, base.Round(time.Microsecond), float64(t)/float64(base), other, float64(base)/float64(t))
+			}
 		}
 	}
 }
