@@ -345,7 +345,7 @@ func newID() string {
 
 // save writes c's metadata; c.mu is held.
 func (a *Agent) save(c *container) error {
-	b, err := json.MarshalIndent(c.meta, "", "  ")
+	b, err := json.Marshal(c.meta)
 	if err != nil {
 		return err
 	}

@@ -316,7 +316,11 @@ func (r *Native) create(ctx context.Context, id, bundle string, opts CreateOpts)
 		return nil, exeErr
 	}
 	var rawProfile []byte
-	if spec.Linux.Seccomp != nil {
+	switch {
+	case spec.Linux.Seccomp == nil:
+	case opts.Written != nil && opts.Written.Spec == spec:
+		rawProfile = opts.Written.Seccomp
+	default:
 		rawProfile = rawSeccomp(specJSON)
 	}
 	seccompProg, err := r.compileSeccomp(spec.Linux.Seccomp, rawProfile, exe)
