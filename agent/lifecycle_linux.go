@@ -209,17 +209,13 @@ func (a *Agent) startLocked(ctx context.Context, c *container) (err error) {
 		return err
 	}
 	defer f.Close()
-	opts := runtime.CreateOpts{IO: runtime.IO{Stdout: f, Stderr: f}, Written: c.written}
+	var pid int
+	opts := runtime.CreateOpts{IO: runtime.IO{Stdout: f, Stderr: f}, Written: c.written, Pid: &pid}
 	c.written = nil
 	if err := a.cfg.Runtime.Create(ctx, id, a.bundle(id), opts); err != nil {
 		return fmt.Errorf("create container %s: %w", id, err)
 	}
-	st, err := a.cfg.Runtime.State(ctx, id)
-	if err != nil {
-		_ = a.cfg.Runtime.Delete(ctx, id, true)
-		return err
-	}
-	netnsPath := fmt.Sprintf("/proc/%d/ns/net", st.Pid)
+	netnsPath := fmt.Sprintf("/proc/%d/ns/net", pid)
 	if n := c.meta.Spec.Network; n != "" && n != "none" {
 		addrs, err := a.cfg.Networker.Attach(netnsPath, NetEndpoint{ID: id, Tenant: c.meta.Spec.Tenant,
 			Labels: c.meta.Spec.Labels, Ports: c.meta.Spec.Ports})
@@ -240,13 +236,13 @@ func (a *Agent) startLocked(ctx context.Context, c *container) (err error) {
 		return fmt.Errorf("start container %s: %w", id, err)
 	}
 	s := &c.meta.State
-	s.Status, s.Pid, s.StartedAt, s.Error, s.OOMKilled = StatusRunning, st.Pid, time.Now().UTC(), "", false
+	s.Status, s.Pid, s.StartedAt, s.Error, s.OOMKilled = StatusRunning, pid, time.Now().UTC(), "", false
 	s.FinishedAt = time.Time{}
 	c.killed = false
 	if err := a.save(c); err != nil {
 		return err
 	}
-	return a.watchLocked(c, st.Pid)
+	return a.watchLocked(c, pid)
 }
 
 // watchLocked arranges for onExit to run when the container's init ends.

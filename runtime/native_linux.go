@@ -205,6 +205,9 @@ func (r *Native) Create(ctx context.Context, id, bundle string, opts CreateOpts)
 	if err != nil {
 		return err
 	}
+	if opts.Pid != nil {
+		*opts.Pid = c.rec.Pid
+	}
 	// Reap the init when it exits if this process outlives it (in-process
 	// callers); the CLI exits first and the init is re-parented.
 	r.exits.Delete(id)

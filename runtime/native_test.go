@@ -205,12 +205,13 @@ func TestLifecycleCreateStartKillDelete(t *testing.T) {
 	r := testRuntime(t)
 	ctx := context.Background()
 	bundle := testBundle(t, []string{"sleep", "100"}, nil)
-	if err := r.Create(ctx, "life", bundle, CreateOpts{}); err != nil {
+	var pid int
+	if err := r.Create(ctx, "life", bundle, CreateOpts{Pid: &pid}); err != nil {
 		t.Fatal(err)
 	}
 	st, err := r.State(ctx, "life")
-	if err != nil || st.Status != Created || st.Pid == 0 {
-		t.Fatalf("after create: %+v, %v", st, err)
+	if err != nil || st.Status != Created || st.Pid == 0 || st.Pid != pid {
+		t.Fatalf("after create: %+v, %v (CreateOpts.Pid %d)", st, err, pid)
 	}
 	if err := r.Delete(ctx, "life-missing", false); !errors.Is(err, ErrNotExist) {
 		t.Fatalf("delete of unknown container: %v", err)

@@ -194,7 +194,17 @@ func (o *OCI) Create(ctx context.Context, id, bundle string, opts CreateOpts) er
 	if opts.NoPivot {
 		args = append(args, "--no-pivot")
 	}
-	return o.command(ctx, &opts.IO, append(args, id)...)
+	if err := o.command(ctx, &opts.IO, append(args, id)...); err != nil {
+		return err
+	}
+	if opts.Pid != nil {
+		st, err := o.State(ctx, id)
+		if err != nil {
+			return err
+		}
+		*opts.Pid = st.Pid
+	}
+	return nil
 }
 
 func appendCommon(args []string, consoleSocket, pidFile string, preserve int) []string {

@@ -62,11 +62,12 @@ func exerciseOCI(t *testing.T, o *OCI) {
 	var out bytes.Buffer
 	w := &syncWriter{b: &out}
 	pidFile := filepath.Join(worldDir(t), "pid")
-	if err := o.Create(ctx, "oci", bundle, CreateOpts{PidFile: pidFile, IO: IO{Stdout: w, Stderr: w}}); err != nil {
+	var pid int
+	if err := o.Create(ctx, "oci", bundle, CreateOpts{PidFile: pidFile, IO: IO{Stdout: w, Stderr: w}, Pid: &pid}); err != nil {
 		t.Fatalf("create: %v", err)
 	}
-	if st, err := o.State(ctx, "oci"); err != nil || st.Status != Created || st.Pid <= 0 {
-		t.Fatalf("state after create: %+v %v", st, err)
+	if st, err := o.State(ctx, "oci"); err != nil || st.Status != Created || st.Pid <= 0 || st.Pid != pid {
+		t.Fatalf("state after create: %+v %v (CreateOpts.Pid %d)", st, err, pid)
 	}
 	if _, err := os.Stat(pidFile); err != nil {
 		t.Errorf("pid file: %v", err)

@@ -76,6 +76,9 @@ type CreateOpts struct {
 	// container's start, reading it back cost more than the rest of the
 	// runtime's own work before the init runs. Ignored for another bundle.
 	Written *Written
+	// Pid, if set, receives the init's pid once the container is created:
+	// a caller that needs only that is spared reading the state back.
+	Pid *int
 }
 
 // ExecOpts are the choices for running one more process in a container.
