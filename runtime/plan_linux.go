@@ -129,17 +129,24 @@ func fastInitPlan(cfg *initConfig, spec *specs.Spec, prog *seccomp.Program, chil
 	}
 	ns := mustNS(spec)
 	w := &planWriter{}
+	// The network and IPC namespaces, the costly ones, are made while the
+	// parent writes the user namespace's id maps (see step_userns).
+	early := cfg.Unshare & (unix.CLONE_NEWNET | unix.CLONE_NEWIPC)
 	if cfg.Unshare != 0 {
 		// Namespaces made here rather than by clone (see initConfig):
 		// the user namespace first, so that it owns the others. It needs
 		// no cgroup: it is made while the parent places this process.
-		w.step("userns", "unshare user namespace")
+		if early != 0 {
+			w.step("userns", "unshare user namespace", itoa(early))
+		} else {
+			w.step("userns", "unshare user namespace")
+		}
 		w.step("setresgid", "user namespace root", itoa(cfg.RootGID))
 		w.step("setresuid", "user namespace root", itoa(cfg.RootUID))
 	}
 	w.step("cgroup-ready", "")
 	if cfg.Unshare != 0 {
-		rest := cfg.Unshare &^ unix.CLONE_NEWUSER
+		rest := cfg.Unshare &^ (unix.CLONE_NEWUSER | early)
 		if cfg.NewCgroupNS {
 			rest |= unix.CLONE_NEWCGROUP
 		}

@@ -244,8 +244,9 @@ func TestWithGoInit(t *testing.T) {
 
 // With a user namespace the C init makes the namespaces itself (Go's clone
 // into a new user namespace copies the parent): the user namespace first
-// and while the parent places it in its cgroup, the others after, owned by
-// it, then a fork into the new pid namespace; lo comes up when asked.
+// and while the parent places it in its cgroup, the network and IPC ones
+// while the parent maps it, the others after, all owned by it, then a fork
+// into the new pid namespace; lo comes up when asked.
 func TestPlanMakesTheNamespacesItselfWithAUserNamespace(t *testing.T) {
 	s := DefaultSpec()
 	s.Process.Args = []string{"true"}
@@ -260,7 +261,11 @@ func TestPlanMakesTheNamespacesItselfWithAUserNamespace(t *testing.T) {
 	if got, want := stepNames(steps), "userns setresgid setresuid cgroup-ready unshare fork lo-up hostname setsid"; !strings.HasPrefix(got, want) {
 		t.Fatalf("plan %q, want it to start %q", got, want)
 	}
-	if st := findStep(steps, "unshare"); st[2] != itoa(all&^unix.CLONE_NEWUSER|unix.CLONE_NEWCGROUP) {
+	early := uintptr(unix.CLONE_NEWNET | unix.CLONE_NEWIPC)
+	if st := findStep(steps, "userns"); len(st) != 3 || st[2] != itoa(early) {
+		t.Errorf("userns step %q, want the network and IPC namespaces made with it", st)
+	}
+	if st := findStep(steps, "unshare"); st[2] != itoa(all&^(unix.CLONE_NEWUSER|early)|unix.CLONE_NEWCGROUP) {
 		t.Errorf("unshare step %q", st)
 	}
 

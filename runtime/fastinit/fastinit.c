@@ -597,11 +597,15 @@ static void wait_msg(const char *want, const char *what) {
 }
 
 // step_userns makes the user namespace the others will belong to; the
-// parent, root outside it, writes its id maps.
-static void step_userns(void) {
+// parent, root outside it, writes its id maps. The namespaces in early
+// (a network namespace takes most of a millisecond) are made meanwhile:
+// they need the new namespace's capabilities, not its maps.
+static void step_userns(unsigned long early) {
 	if (unshare(CLONE_NEWUSER) < 0)
 		fail("%s", strerror(errno));
 	send_msg("idmap");
+	if (early != 0 && unshare((int)early) < 0)
+		fail("unshare namespaces: %s", strerror(errno));
 	wait_msg("idmap-done", "the user namespace's id maps");
 }
 
@@ -661,7 +665,7 @@ static void run_step(const struct step *s) {
 	if (IS("cgroup-ready"))
 		wait_msg("cgroup-ready", "cgroup placement");
 	else if (IS("userns"))
-		step_userns();
+		step_userns(s->n > 2 ? (unsigned long)num(s, 2) : 0);
 	else if (IS("fork"))
 		step_fork();
 	else if (IS("lo-up"))
