@@ -338,11 +338,19 @@ func (r *Native) create(ctx context.Context, id, bundle string, opts CreateOpts)
 		}
 		return nil, fmt.Errorf("create state dir: %w", err)
 	}
+	// The cgroup is made while the rest is prepared and the child is
+	// cloned and exec'd (the parent's thread waits on the vfork), not
+	// before: the directory above is what says the id is free.
+	cgMade := make(chan error, 1)
+	go func() { cgMade <- cg.create() }()
 	var cmd *exec.Cmd
 	var rec *record
 	defer func() {
 		if err == nil {
 			return
+		}
+		if cgMade != nil {
+			<-cgMade
 		}
 		if cmd != nil && cmd.Process != nil {
 			_ = cmd.Process.Kill()
@@ -419,13 +427,10 @@ func (r *Native) create(ctx context.Context, id, bundle string, opts CreateOpts)
 			cmd.SysProcAttr.Credential = &syscall.Credential{Uid: cfg.RootUID, Gid: cfg.RootGID, NoSetGroups: true}
 		}
 	}
-	// The cgroup is made while the child is cloned and exec'd: the
-	// parent's thread waits on the vfork meanwhile, the other core need not.
-	cgMade := make(chan error, 1)
-	go func() { cgMade <- cg.create() }()
 	err = startJoined(cmd, parentJoins)
 	closeChildEnds(cmd)
 	cgErr := <-cgMade
+	cgMade = nil
 	if err != nil {
 		cmd = nil
 		return nil, fmt.Errorf("start container init: %w", err)

@@ -567,16 +567,26 @@ static void step_capset(const struct step *s) {
 		fail("capset: %s", strerror(errno));
 }
 
-// cgroup_ready: the parent's cgroup-ready came while waiting for another
-// message (the parent sends it unasked, as soon as it has placed us).
-static int cgroup_ready;
+// cgroup_ready, idmap_done: the parent's message came while waiting for
+// another (it sends cgroup-ready unasked, as soon as it has placed us, and
+// may answer the id map request before or after it).
+static int cgroup_ready, idmap_done;
 
-// wait_msg waits for the parent's message of type want ("cgroup-ready");
-// what says what it is waiting for, in errors.
+static int *stash_of(const char *buf) {
+	if (strstr(buf, "\"cgroup-ready\"") != NULL)
+		return &cgroup_ready;
+	if (strstr(buf, "\"idmap-done\"") != NULL)
+		return &idmap_done;
+	return NULL;
+}
+
+// wait_msg waits for the parent's message of type want ("cgroup-ready" or
+// "idmap-done"); what says what it is waiting for, in errors.
 static void wait_msg(const char *want, const char *what) {
 	char buf[256], quoted[64];
 	snprintf(quoted, sizeof quoted, "\"%s\"", want);
-	if (strcmp(want, "cgroup-ready") == 0 && cgroup_ready)
+	int *mine = stash_of(quoted);
+	if (*mine)
 		return;
 	for (;;) {
 		ssize_t n;
@@ -586,26 +596,30 @@ static void wait_msg(const char *want, const char *what) {
 		if (n <= 0)
 			fail("wait for %s: %s", what, n == 0 ? "parent gone" : strerror(errno));
 		buf[n] = '\0';
-		if (strstr(buf, quoted) != NULL)
+		int *got = stash_of(buf);
+		if (got == NULL || *got)
+			fail("unexpected %s before %s", buf, what);
+		*got = 1;
+		if (got == mine)
 			return;
-		if (strstr(buf, "\"cgroup-ready\"") != NULL && !cgroup_ready) {
-			cgroup_ready = 1;
-			continue;
-		}
-		fail("unexpected %s before %s", buf, what);
 	}
 }
 
 // step_userns makes the user namespace the others will belong to; the
 // parent, root outside it, writes its id maps. The namespaces in early
 // (a network namespace takes most of a millisecond) are made meanwhile:
-// they need the new namespace's capabilities, not its maps.
+// they need the new namespace's capabilities, not its maps. They wait for
+// the cgroup placement all the same, so that the kernel memory they hold
+// is charged to the container's cgroup and not to its runtime's.
 static void step_userns(unsigned long early) {
 	if (unshare(CLONE_NEWUSER) < 0)
 		fail("%s", strerror(errno));
 	send_msg("idmap");
-	if (early != 0 && unshare((int)early) < 0)
-		fail("unshare namespaces: %s", strerror(errno));
+	if (early != 0) {
+		wait_msg("cgroup-ready", "cgroup placement");
+		if (unshare((int)early) < 0)
+			fail("unshare namespaces: %s", strerror(errno));
+	}
 	wait_msg("idmap-done", "the user namespace's id maps");
 }
 
