@@ -9,8 +9,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/berth-dev/berth/internal/testdir"
 )
 
 // BenchmarkUpRunRmPaired times `berth run --rm --network none busybox
@@ -31,18 +29,8 @@ func BenchmarkUpRunRmPaired(b *testing.B) {
 	n := startUpNode(b)
 	tarball := filepath.Join(n.dir, "busybox.tar")
 	others := map[string]func() *exec.Cmd{}
-	if _, err := exec.LookPath("podman"); err != nil {
-		b.Logf("podman not installed: %v", err)
-	} else {
-		pdir := testdir.World(b)
-		b.Cleanup(func() { _ = podman(b, pdir, "system", "reset", "-f").Run() })
-		if out, err := podman(b, pdir, "import", tarball, "localhost/busybox:latest").CombinedOutput(); err != nil {
-			b.Fatalf("podman import: %v %s", err, out)
-		}
-		others["podman"] = func() *exec.Cmd {
-			return podman(b, pdir, "run", "--rm", "--network", "none", "--ulimit", "nofile=20000:20000",
-				"--ulimit", "nproc=32768:32768", "localhost/busybox", "true")
-		}
+	if runRm := podmanRunRm(b, tarball); runRm != nil {
+		others["podman"] = runRm
 	}
 	if d, err := startDocker(b, tarball); err != nil {
 		b.Logf("no docker engine: %v", err)

@@ -294,21 +294,12 @@ func BenchmarkUpRunRm(b *testing.B) {
 		})
 	}
 	tarball := filepath.Join(n.dir, "busybox.tar")
-	if _, err := exec.LookPath("podman"); err != nil {
-		b.Logf("podman not installed: %v", err)
-	} else {
-		pdir := testdir.World(b)
-		b.Cleanup(func() { _ = podman(b, pdir, "system", "reset", "-f").Run() })
-		if out, err := podman(b, pdir, "import", tarball, "localhost/busybox:latest").CombinedOutput(); err != nil {
-			b.Fatalf("podman import: %v %s", err, out)
-		}
+	if runRm := podmanRunRm(b, tarball); runRm != nil {
 		n.quiesce(b)
 		b.Run("podman", func(b *testing.B) {
 			start := time.Now()
 			for range b.N {
-				cmd := podman(b, pdir, "run", "--rm", "--network", "none", "--ulimit", "nofile=20000:20000",
-					"--ulimit", "nproc=32768:32768", "localhost/busybox", "true")
-				if out, err := cmd.CombinedOutput(); err != nil {
+				if out, err := runRm().CombinedOutput(); err != nil {
 					b.Fatalf("podman run: %v %s", err, out)
 				}
 			}
