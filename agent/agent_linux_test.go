@@ -847,7 +847,7 @@ func TestInitReady(t *testing.T) {
 }
 
 // Every container, network none included, has its loopback up: the
-// runtime's init brings it up (runtime.AnnotationLoopback).
+// runtime's init brings it up in every new network namespace, as runc does.
 func TestLoopbackIsUp(t *testing.T) {
 	e := newEnv(t)
 	a := e.agent(t)

@@ -74,9 +74,6 @@ func Generate(in BundleInput) (*specs.Spec, error) {
 	for k, v := range cs.Labels {
 		s.Annotations[k] = v
 	}
-	// The runtime's init brings lo up: from here it would take entering
-	// the namespace after create.
-	s.Annotations[runtime.AnnotationLoopback] = "up"
 
 	p := s.Process
 	p.Terminal = false

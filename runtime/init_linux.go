@@ -84,6 +84,12 @@ func initProcess(role string, conn syncConn) error {
 func initContainer(cfg *initConfig, conn syncConn) error {
 	spec := cfg.Spec
 	ns, _ := validateNamespaces(spec.Linux.Namespaces)
+	if p, ok := ns[specs.NetworkNamespace]; ok && p == "" {
+		// A new network namespace gets its loopback up, as runc gives it.
+		if err := loopbackUp(); err != nil {
+			return err
+		}
+	}
 	if p, ok := ns[specs.UTSNamespace]; ok && p == "" {
 		if spec.Hostname != "" {
 			if err := unix.Sethostname([]byte(spec.Hostname)); err != nil {
@@ -94,11 +100,6 @@ func initContainer(cfg *initConfig, conn syncConn) error {
 			if err := unix.Setdomainname([]byte(spec.Domainname)); err != nil {
 				return fmt.Errorf("domainname: %w", err)
 			}
-		}
-	}
-	if p, ok := ns[specs.NetworkNamespace]; ok && p == "" && spec.Annotations[AnnotationLoopback] == "up" {
-		if err := loopbackUp(); err != nil {
-			return fmt.Errorf("annotations.%s: %w", AnnotationLoopback, err)
 		}
 	}
 	if _, err := unix.Setsid(); err != nil {

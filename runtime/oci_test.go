@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -71,6 +72,11 @@ func exerciseOCI(t *testing.T, o *OCI) {
 	}
 	if _, err := os.Stat(pidFile); err != nil {
 		t.Errorf("pid file: %v", err)
+	}
+	// Brought up at create, by whichever runtime: Berth's init, or the
+	// backend for another.
+	if out, err := exec.Command("nsenter", fmt.Sprintf("--net=/proc/%d/ns/net", pid), "ip", "-o", "link", "show", "lo").CombinedOutput(); err != nil || !strings.Contains(string(out), ",UP") {
+		t.Errorf("lo after create: %s %v, want it up", out, err)
 	}
 	if err := o.Start(ctx, "oci"); err != nil {
 		t.Fatalf("start: %v", err)

@@ -159,8 +159,9 @@ func fastInitPlan(cfg *initConfig, spec *specs.Spec, prog *seccomp.Program, chil
 	} else if cfg.NewCgroupNS {
 		w.step("unshare", "unshare cgroup namespace", itoa(unix.CLONE_NEWCGROUP))
 	}
-	if p, ok := ns[specs.NetworkNamespace]; ok && p == "" && spec.Annotations[AnnotationLoopback] == "up" {
-		w.step("lo-up", "annotations."+AnnotationLoopback)
+	if p, ok := ns[specs.NetworkNamespace]; ok && p == "" {
+		// A new network namespace gets its loopback up, as runc gives it.
+		w.step("lo-up", "linux.namespaces: network")
 	}
 	if p, ok := ns[specs.UTSNamespace]; ok && p == "" {
 		if spec.Hostname != "" {

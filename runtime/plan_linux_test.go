@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -85,7 +86,7 @@ func TestPlanFollowsTheGoInitsOrder(t *testing.T) {
 	// The order of initProcess, initContainer, setupRootfs, finishRootfs
 	// and finalize.
 	for _, want := range []string{
-		"cgroup-ready unshare hostname setsid host-mount host-mount root mount",
+		"cgroup-ready unshare lo-up hostname setsid host-mount host-mount root mount",
 		"device device device device device device symlink",
 		"pivot write readonly",
 		"mask",
@@ -246,11 +247,10 @@ func TestWithGoInit(t *testing.T) {
 // into a new user namespace copies the parent): the user namespace first
 // and while the parent places it in its cgroup, the network and IPC ones
 // while the parent maps it, the others after, all owned by it, then a fork
-// into the new pid namespace; lo comes up when asked.
+// into the new pid namespace; lo comes up in the new network namespace.
 func TestPlanMakesTheNamespacesItselfWithAUserNamespace(t *testing.T) {
 	s := DefaultSpec()
 	s.Process.Args = []string{"true"}
-	s.Annotations = map[string]string{AnnotationLoopback: "up"}
 	all := uintptr(unix.CLONE_NEWUSER | unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWNET | unix.CLONE_NEWIPC | unix.CLONE_NEWUTS)
 	cfg := &initConfig{Rootfs: "/b/rootfs", NewCgroupNS: true, Unshare: all, RootUID: 0, RootGID: 0}
 	b, ok := fastInitPlan(cfg, s, nil, 0, planHostForTest())
@@ -269,10 +269,10 @@ func TestPlanMakesTheNamespacesItselfWithAUserNamespace(t *testing.T) {
 		t.Errorf("unshare step %q", st)
 	}
 
-	// Without the annotation lo stays as the kernel makes it; without a
-	// pid namespace there is nothing to fork into.
-	s.Annotations = nil
-	cfg.Unshare = all &^ unix.CLONE_NEWPID
+	// Without a pid namespace there is nothing to fork into; in the
+	// host's network namespace lo is left alone.
+	cfg.Unshare = all &^ (unix.CLONE_NEWPID | unix.CLONE_NEWNET)
+	s.Linux.Namespaces = slices.DeleteFunc(s.Linux.Namespaces, func(n specs.LinuxNamespace) bool { return n.Type == specs.NetworkNamespace })
 	b, _ = fastInitPlan(cfg, s, nil, 0, planHostForTest())
 	got := stepNames(decodePlan(t, b))
 	if strings.Contains(got, "lo-up") || strings.Contains(got, "fork") {

@@ -14,14 +14,6 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
-// AnnotationLoopback set to "up" asks the runtime to bring the loopback
-// interface of a container's new network namespace up, as its init sets
-// the hostname: a container with a network namespace of its own has no use
-// for lo down, and the init is in the namespace already (a caller would
-// have to enter it after create). runc leaves lo down; so does Berth's
-// runtime without the annotation.
-const AnnotationLoopback = "run.berth.loopback"
-
 // Status is a container's lifecycle state, as the OCI runtime spec names them.
 type Status string
 
