@@ -197,6 +197,7 @@ func (h *nodeAPI) follow(w http.ResponseWriter, r *http.Request, ref string) err
 		if err := logs(); err != nil {
 			if ctx.Err() == nil {
 				h.log.Warn("follow", "container", id, "err", err)
+				_ = send(api.FollowEvent{Error: statusOf(err)})
 			}
 			return nil
 		}

@@ -2,7 +2,6 @@ package control
 
 import (
 	"context"
-	"encoding/base32"
 	"fmt"
 	"io"
 	"log/slog"
@@ -559,11 +558,7 @@ func sameStatus(a, b api.ServiceStatus) bool {
 	return as == nil || as.Hash() == bs.Hash()
 }
 
-func (l *Loop) suffix() string {
-	b := make([]byte, 5)
-	_, _ = io.ReadFull(l.cfg.Rand, b)
-	return strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b))
-}
+func (l *Loop) suffix() string { return randomSuffix(l.cfg.Rand) }
 
 func (l *Loop) newInstance(svc *api.Service) *api.Instance {
 	name := svc.Name

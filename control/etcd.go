@@ -261,16 +261,13 @@ func StartEtcd(cfg EtcdConfig) (*embed.Etcd, *clientv3.Client, error) {
 		// Alone, every request is this process's own: see localClient.
 		return e, localClient(e.Server), nil
 	}
-	ccfg := clientv3.Config{Endpoints: []string{clientURL}, DialTimeout: 5 * time.Second, MaxCallSendMsgSize: 64 << 20, MaxCallRecvMsgSize: 1 << 30}
-	if members != nil {
-		ccfg.Endpoints = memberEndpoints(clientURL, e.Server.Cluster().Members())
-		// Its own member first, another only while that cannot be reached
-		// (pick_first, not clientv3's round robin): requests stay in the
-		// process, and a peer's death fails none of them.
-		ccfg.DialOptions = []grpc.DialOption{grpc.WithDisableServiceConfig(),
-			grpc.WithDefaultServiceConfig(`{"loadBalancingConfig": [{"pick_first": {}}]}`)}
-	}
-	ccfg.DialOptions = append(ccfg.DialOptions, ClientWindows()...)
+	// Its own member first, another only while that cannot be reached
+	// (pick_first, not clientv3's round robin): requests stay in the
+	// process, and a peer's death fails none of them.
+	ccfg := clientv3.Config{Endpoints: memberEndpoints(clientURL, e.Server.Cluster().Members()), DialTimeout: 5 * time.Second,
+		MaxCallSendMsgSize: 64 << 20, MaxCallRecvMsgSize: 1 << 30,
+		DialOptions: append([]grpc.DialOption{grpc.WithDisableServiceConfig(),
+			grpc.WithDefaultServiceConfig(`{"loadBalancingConfig": [{"pick_first": {}}]}`)}, ClientWindows()...)}
 	if cfg.Quiet {
 		ccfg.Logger = zap.NewNop()
 	}
@@ -279,9 +276,7 @@ func StartEtcd(cfg EtcdConfig) (*embed.Etcd, *clientv3.Client, error) {
 		e.Close()
 		return nil, nil, fmt.Errorf("connect to embedded etcd: %w", err)
 	}
-	if members != nil {
-		go followMembers(e, c, clientURL)
-	}
+	go followMembers(e, c, clientURL)
 	return e, c, nil
 }
 

@@ -43,17 +43,21 @@ func (w *eventWriter) op(ctx context.Context, now time.Time, tenant, object, typ
 		// a new lease is taken after half of it.
 		w.lease, w.end = g.ID, now.Add(eventTTL/2)
 	}
-	b := make([]byte, 5)
-	r := w.rand
-	if r == nil {
-		r = rand.Reader
-	}
-	_, _ = io.ReadFull(r, b)
-	suffix := strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b))
-	ev := &api.Event{Meta: api.Meta{Name: strings.ToLower(reason) + "-" + suffix, Tenant: tenant, Created: now.UTC()},
+	ev := &api.Event{Meta: api.Meta{Name: strings.ToLower(reason) + "-" + randomSuffix(w.rand), Tenant: tenant, Created: now.UTC()},
 		Object: object, Type: typ, Reason: reason, Message: msg, Time: now.UTC()}
 	if len(ev.Message) > 4096 {
 		ev.Message = ev.Message[:4096]
 	}
 	return clientv3.OpPut(w.st.Key(api.KindEvent, tenant, ev.Name), encode(ev), clientv3.WithLease(w.lease)), nil
+}
+
+// randomSuffix is eight lower-case base32 characters from r (crypto/rand
+// if nil), for the names the control plane makes.
+func randomSuffix(r io.Reader) string {
+	if r == nil {
+		r = rand.Reader
+	}
+	b := make([]byte, 5)
+	_, _ = io.ReadFull(r, b)
+	return strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b))
 }
