@@ -64,27 +64,34 @@ func (a *agentRecorder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func TestContainerOperationsReachTheAgent(t *testing.T) {
-	c := newCluster(t, true)
-	c.tenant(t, "acme")
-	c.tenant(t, "other")
+// nodeWithAgent runs a simulated node n1 whose agent's operations are
+// served by h on a unix socket; behavior, if set, says what its instances
+// do. Both stop when the test ends.
+func (c *cluster) nodeWithAgent(t *testing.T, h http.Handler, behavior func(*api.Instance) api.InstanceStatus) {
+	t.Helper()
 	sock := filepath.Join(t.TempDir(), "agent.sock")
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec := &agentRecorder{got: make(chan *http.Request, 16)}
-	srv := &http.Server{Handler: rec}
+	srv := &http.Server{Handler: h}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
-
 	nodeClient := c.token(t, api.SystemTenant, "node-n1", api.RoleNode, "n1")
 	ctx, cancel := context.WithCancel(c.ctx)
-	n := &simnode.Node{Name: "n1", Client: nodeClient, Now: time.Now,
+	n := &simnode.Node{Name: "n1", Client: nodeClient, Now: time.Now, Behavior: behavior,
 		Reg: api.Registration{Spec: api.NodeSpec{Capacity: api.Resources{CPU: 4000, Memory: 8 << 30}, AgentURL: "unix://" + sock}}}
 	done := make(chan struct{})
 	go func() { defer close(done); n.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
+}
+
+func TestContainerOperationsReachTheAgent(t *testing.T) {
+	c := newCluster(t, true)
+	c.tenant(t, "acme")
+	c.tenant(t, "other")
+	rec := &agentRecorder{got: make(chan *http.Request, 16)}
+	c.nodeWithAgent(t, rec, nil)
 
 	acme := c.token(t, "acme", "dev", api.RoleTenantAdmin, "")
 	viewer := c.token(t, "acme", "viewer", api.RoleReadOnly, "")
@@ -107,7 +114,7 @@ func TestContainerOperationsReachTheAgent(t *testing.T) {
 	// Logs stream through, in order, with the agent seeing the container's
 	// name and the query, and none of the caller's credentials.
 	var lines []string
-	err = viewer.Logs(c.ctx, "acme", "web", api.LogQuery{Follow: true, Tail: 5}, func(l api.LogLine) error {
+	err := viewer.Logs(c.ctx, "acme", "web", api.LogQuery{Follow: true, Tail: 5}, func(l api.LogLine) error {
 		lines = append(lines, l.Stream+":"+l.Log)
 		return nil
 	})

@@ -3,15 +3,12 @@ package control
 import (
 	"context"
 	"encoding/json"
-	"net"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/berth-dev/berth/api"
-	"github.com/berth-dev/berth/control/simnode"
 )
 
 // followAgent stands in for a node agent's follow of a container: the
@@ -41,30 +38,15 @@ func (a followAgent) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func TestFollowedRunStreamsTheOutputAndRemovesTheInstance(t *testing.T) {
 	c := newCluster(t, true)
 	c.tenant(t, "acme")
-	sock := filepath.Join(t.TempDir(), "agent.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
 	agent := followAgent{got: make(chan string, 16)}
-	srv := &http.Server{Handler: agent}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	nodeClient := c.token(t, api.SystemTenant, "node-n1", api.RoleNode, "n1")
-	ctx, cancel := context.WithCancel(c.ctx)
 	// The node reports the instance "hangs" failed, as an agent does when
 	// it cannot make a container (an image it cannot pull, say).
-	n := &simnode.Node{Name: "n1", Client: nodeClient, Now: time.Now,
-		Behavior: func(in *api.Instance) api.InstanceStatus {
-			if in.Name == "hangs" {
-				return api.InstanceStatus{Phase: api.PhaseFailed, Reason: "image nosuch: not found"}
-			}
-			return api.InstanceStatus{Phase: api.PhaseRunning, StartedAt: time.Now()}
-		},
-		Reg: api.Registration{Spec: api.NodeSpec{Capacity: api.Resources{CPU: 4000, Memory: 8 << 30}, AgentURL: "unix://" + sock}}}
-	done := make(chan struct{})
-	go func() { defer close(done); n.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	c.nodeWithAgent(t, agent, func(in *api.Instance) api.InstanceStatus {
+		if in.Name == "hangs" {
+			return api.InstanceStatus{Phase: api.PhaseFailed, Reason: "image nosuch: not found"}
+		}
+		return api.InstanceStatus{Phase: api.PhaseRunning, StartedAt: time.Now()}
+	})
 	acme := c.token(t, "acme", "dev", api.RoleTenantAdmin, "")
 	viewer := c.token(t, "acme", "viewer", api.RoleReadOnly, "")
 

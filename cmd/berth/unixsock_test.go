@@ -14,16 +14,7 @@ import (
 // in place of a stale one, as dockerd does on docker.sock; the CLI reaches
 // it with BERTH_SERVER=unix:///PATH, and the socket goes when berth up stops.
 func TestUpServesTheAPIOnAUnixSocket(t *testing.T) {
-	bin := os.Getenv("BERTH_BIN_DIR")
-	if bin == "" {
-		t.Skip("BERTH_BIN_DIR is not set: test.sh builds berth, berth-runtime and berth-init there")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: containers")
-	}
-	berth := filepath.Join(bin, "berth")
-	data := uptest.BusyboxData(t, berth)
-	t.Cleanup(func() { uptest.RemoveContainers(t, bin, data) })
+	berth, data := upData(t)
 
 	// What a berth up that was killed leaves: a socket nobody listens on.
 	sock := filepath.Join(t.TempDir(), "berth.sock")

@@ -35,10 +35,11 @@ func pidOf(mark string) int {
 	return 0
 }
 
-// `berth up` runs a service's container; stopping it leaves the container
-// running, starting it again adopts the container, and scaling to zero
-// removes it.
-func TestUpRunsContainersThatOutliveIt(t *testing.T) {
+// upData skips without the built binaries or root, and returns berth's
+// path and a data directory with busybox imported, whose containers are
+// removed when the test ends, whatever happens.
+func upData(t *testing.T) (berth, data string) {
+	t.Helper()
 	bin := os.Getenv("BERTH_BIN_DIR")
 	if bin == "" {
 		t.Skip("BERTH_BIN_DIR is not set: test.sh builds berth, berth-runtime and berth-init there")
@@ -46,10 +47,17 @@ func TestUpRunsContainersThatOutliveIt(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: containers")
 	}
-	berth := filepath.Join(bin, "berth")
-	data := uptest.BusyboxData(t, berth)
-	// Whatever happens, no container outlives the test.
+	berth = filepath.Join(bin, "berth")
+	data = uptest.BusyboxData(t, berth)
 	t.Cleanup(func() { uptest.RemoveContainers(t, bin, data) })
+	return berth, data
+}
+
+// `berth up` runs a service's container; stopping it leaves the container
+// running, starting it again adopts the container, and scaling to zero
+// removes it.
+func TestUpRunsContainersThatOutliveIt(t *testing.T) {
+	berth, data := upData(t)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()

@@ -68,16 +68,7 @@ func (c *cli) ok(args ...string) string {
 // The Docker verbs, through the API of a real `berth up`, against real
 // containers.
 func TestDockerVerbs(t *testing.T) {
-	bin := os.Getenv("BERTH_BIN_DIR")
-	if bin == "" {
-		t.Skip("BERTH_BIN_DIR is not set: test.sh builds berth, berth-runtime and berth-init there")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: containers")
-	}
-	berth := filepath.Join(bin, "berth")
-	data := uptest.BusyboxData(t, berth)
-	t.Cleanup(func() { uptest.RemoveContainers(t, bin, data) })
+	berth, data := upData(t)
 	p := startUp(t, berth, data)
 	secret, err := os.ReadFile(filepath.Join(data, "admin-token"))
 	if err != nil {

@@ -12,15 +12,22 @@ import (
 	"github.com/berth-dev/berth/network/netnstest"
 )
 
-// kernelCounts applies rs in ns and reads back, from the kernel, how many
-// rules the table holds and how many elements its tenant maps hold.
-func kernelCounts(t *testing.T, ns netnstest.NS, rs Ruleset) (rules, elems int) {
+// nsHandle opens ns for nftables, closed when the test ends.
+func nsHandle(t *testing.T, ns netnstest.NS) netns.NsHandle {
 	t.Helper()
 	h, err := netns.GetFromPath(ns.Path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer h.Close()
+	t.Cleanup(func() { h.Close() })
+	return h
+}
+
+// kernelCounts applies rs in ns and reads back, from the kernel, how many
+// rules the table holds and how many elements its tenant maps hold.
+func kernelCounts(t *testing.T, ns netnstest.NS, rs Ruleset) (rules, elems int) {
+	t.Helper()
+	h := nsHandle(t, ns)
 	if err := Apply(int(h), rs); err != nil {
 		t.Fatal(err)
 	}
@@ -104,11 +111,7 @@ func TestAppliedRuleCountDoesNotGrowWithEndpoints(t *testing.T) {
 			t.Errorf("nft list ruleset lacks %q", want)
 		}
 	}
-	h, err := netns.GetFromPath(ns.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
+	h := nsHandle(t, ns)
 	if err := Remove(int(h)); err != nil {
 		t.Fatal(err)
 	}
@@ -123,11 +126,7 @@ func TestAppliedRuleCountDoesNotGrowWithEndpoints(t *testing.T) {
 func TestUpdateRefillsSetsInPlace(t *testing.T) {
 	netnstest.RequireRoot(t, "nft")
 	ns := netnstest.New(t, "bp"+netnstest.Unique())
-	h, err := netns.GetFromPath(ns.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
+	h := nsHandle(t, ns)
 	rules := []Rule{{Name: "in", Target: Selector{Tenant: "t0"}, Peers: []Peer{{Selector: &Selector{Tenant: "t1"}}}, Ports: []Port{{Proto: "tcp", Port: 80}}}}
 	compile := func(first, n, tenants int) Ruleset {
 		var eps []Endpoint
@@ -216,11 +215,7 @@ func TestUpdateRefillsSetsInPlace(t *testing.T) {
 func TestUpdateChangesOnlyWhatDiffers(t *testing.T) {
 	netnstest.RequireRoot(t, "nft")
 	ns := netnstest.New(t, "bp"+netnstest.Unique())
-	h, err := netns.GetFromPath(ns.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
+	h := nsHandle(t, ns)
 	rules := []Rule{{Name: "in", Target: Selector{Tenant: "t0"}, Peers: []Peer{{Selector: &Selector{Tenant: "t1"}}}, Ports: []Port{{Proto: "tcp", Port: 80}}}}
 	compile := func(tenantOf map[int]int) Ruleset {
 		var eps []Endpoint
