@@ -5,6 +5,7 @@ set -euo pipefail
 
 packages=(
   gcc libc6-dev libseccomp-dev pkg-config   # cgo parts of berth-runtime
+  musl-tools                                # berth-init, linked with musl (hack/build.sh)
   busybox-static                            # test images and the demo container
   iproute2 nftables tcpdump iperf3 iputils-ping  # network tests (ping -M do for MTU)
   runc crun podman                          # runtime comparisons; podman drives berth-runtime

@@ -50,7 +50,7 @@ func (r *Native) Exec(ctx context.Context, id string, p specs.Process, opts Exec
 	if err != nil {
 		return -1, err
 	}
-	cmd, parentSync, err := r.spawn(exe, "exec", config, opts.IO, opts.PreserveFDs, nil, childJoins)
+	cmd, parentSync, err := r.spawn(exe, []string{"berth-runtime", "init"}, "exec", config, opts.IO, opts.PreserveFDs, nil, childJoins)
 	if err != nil {
 		closeJoins(parentJoins)
 		closeJoins(childJoins)

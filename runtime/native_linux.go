@@ -51,6 +51,11 @@ type Native struct {
 	// helper; empty means a read-only copy of the running executable, which
 	// must be a binary that calls InitMain (berth-runtime does).
 	InitPath string
+	// PlanInitPath, if set, is a small static executable that runs the
+	// fast init's plan when started with -P (berth-init carries
+	// runtime/fastinit): it starts in a fraction of the time the runtime's
+	// own executable takes. Inits that need Go still run InitPath.
+	PlanInitPath string
 	// GoInit makes every container's init the Go one. By default a spec
 	// that needs nothing else gets the C init of package fastinit, which
 	// runs a plan computed here (see fastInitPlan) without starting Go.
@@ -112,6 +117,9 @@ type initConfig struct {
 	// NewCgroupNS asks the child to unshare its cgroup namespace once the
 	// parent has placed it in its cgroup, so the namespace is rooted there.
 	NewCgroupNS bool `json:"newCgroupNS,omitempty"`
+	// StartNow leaves out the wait for Start (CreateOpts.Start); only the
+	// fast init's plan has it.
+	StartNow bool `json:"-"`
 	// Unshare are the namespaces the fast init makes itself, with a user
 	// namespace among them, rather than being cloned into them: Go cannot
 	// vfork into a new user namespace, and a full fork copies the
@@ -199,7 +207,8 @@ func lineCol(data []byte, off int64) string {
 	return fmt.Sprintf("line %d, column %d", line, col)
 }
 
-// Create sets up the container and leaves its init waiting for Start.
+// Create sets up the container and leaves its init waiting for Start, or
+// running with opts.Start.
 func (r *Native) Create(ctx context.Context, id, bundle string, opts CreateOpts) error {
 	c, err := r.create(ctx, id, bundle, opts)
 	if err != nil {
@@ -213,6 +222,12 @@ func (r *Native) Create(ctx context.Context, id, bundle string, opts CreateOpts)
 	r.exits.Delete(id)
 	wait := c.waitInit // not c: the goroutine lives as long as the container
 	go func() { r.exits.Store(id, wait()) }()
+	if opts.Start && !c.started {
+		if err := r.Start(ctx, id); err != nil {
+			_ = r.Delete(context.WithoutCancel(ctx), id, true)
+			return err
+		}
+	}
 	return nil
 }
 
@@ -262,6 +277,8 @@ type created struct {
 	cmdDone chan error
 	rec     *record
 	spec    *specs.Spec
+	// started: the init did not wait for Start (CreateOpts.Start).
+	started bool
 }
 
 // waitInit waits for the container's init to exit, reaps it and returns
@@ -388,7 +405,7 @@ func (r *Native) create(ctx context.Context, id, bundle string, opts CreateOpts)
 
 	cfg := initConfig{
 		ID: id, Bundle: bundle, Rootfs: rootfs, SpecJSON: specJSON, NoPivot: opts.NoPivot,
-		Console: spec.Process.Terminal, PreserveFDs: opts.PreserveFDs, Seccomp: seccompProg,
+		Console: spec.Process.Terminal, PreserveFDs: opts.PreserveFDs, Seccomp: seccompProg, StartNow: opts.Start,
 	}
 	cloneFlags, parentJoins, childJoins, err := namespacePlan(ns)
 	if err != nil {
@@ -413,7 +430,19 @@ func (r *Native) create(ctx context.Context, id, bundle string, opts CreateOpts)
 		return nil, err
 	}
 	selfUnshare := role == roleFastInit && cfg.Unshare != 0
-	cmd, parentSync, err := r.spawn(exe, role, config, opts.IO, opts.PreserveFDs, fifo, childJoins)
+	// The fast init leaves out the wait for Start; the Go init waits, and
+	// Create starts it.
+	startNow := role == roleFastInit && cfg.StartNow
+	if startNow {
+		if err := os.Remove(fifoPath); err != nil {
+			return nil, fmt.Errorf("remove exec fifo: %w", err)
+		}
+	}
+	args := []string{"berth-runtime", "init"}
+	if role == roleFastInit && r.PlanInitPath != "" {
+		exe, args = r.PlanInitPath, []string{filepath.Base(r.PlanInitPath), "-P"}
+	}
+	cmd, parentSync, err := r.spawn(exe, args, role, config, opts.IO, opts.PreserveFDs, fifo, childJoins)
 	if err != nil {
 		return nil, err
 	}
@@ -452,7 +481,7 @@ func (r *Native) create(ctx context.Context, id, bundle string, opts CreateOpts)
 	if err := r.converse(ctx, parentSync, rec, spec, opts); err != nil {
 		return nil, err
 	}
-	c := &created{cmd: cmd, rec: rec, spec: spec}
+	c := &created{cmd: cmd, rec: rec, spec: spec, started: startNow}
 	if rec.Pid != pid {
 		if c.init, err = os.FindProcess(rec.Pid); err != nil {
 			return nil, fmt.Errorf("container init %d: %w", rec.Pid, err)
@@ -584,7 +613,7 @@ func handOverConsole(master *os.File, socketPath string, fn func(*os.File)) erro
 // pipe's capacity.
 //
 // The config is the initConfig as JSON, or for roleFastInit the plan.
-func (r *Native) spawn(exe, role string, config []byte, stdio IO, preserve int, fifo *os.File, childJoins []nsJoin) (*exec.Cmd, *os.File, error) {
+func (r *Native) spawn(exe string, args []string, role string, config []byte, stdio IO, preserve int, fifo *os.File, childJoins []nsJoin) (*exec.Cmd, *os.File, error) {
 	parentSync, childSync, err := newSyncPair()
 	if err != nil {
 		return nil, nil, err
@@ -601,7 +630,7 @@ func (r *Native) spawn(exe, role string, config []byte, stdio IO, preserve int, 
 	}()
 	cmd := &exec.Cmd{
 		Path:        exe,
-		Args:        []string{"berth-runtime", "init"},
+		Args:        args,
 		Env:         []string{envInit + "=" + role, "GOGC=off", "GOMAXPROCS=1"},
 		SysProcAttr: &syscall.SysProcAttr{},
 	}

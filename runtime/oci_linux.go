@@ -204,6 +204,12 @@ func (o *OCI) Create(ctx context.Context, id, bundle string, opts CreateOpts) er
 		}
 		*opts.Pid = st.Pid
 	}
+	if opts.Start {
+		if err := o.Start(ctx, id); err != nil {
+			_ = o.Delete(context.WithoutCancel(ctx), id, true)
+			return err
+		}
+	}
 	return nil
 }
 

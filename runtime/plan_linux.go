@@ -201,7 +201,9 @@ func fastInitPlan(cfg *initConfig, spec *specs.Spec, prog *seccomp.Program, chil
 	check := append([]string{"check-exec"}, execStep[1:]...)
 	w.step(check...)
 	w.step("ready", "")
-	w.step("start-wait", "")
+	if !cfg.StartNow {
+		w.step("start-wait", "")
+	}
 	w.step("close-sync", "")
 	for _, rl := range p.Rlimits {
 		res, ok := rlimitResource(rl.Type)

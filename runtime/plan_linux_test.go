@@ -279,3 +279,24 @@ func TestPlanMakesTheNamespacesItselfWithAUserNamespace(t *testing.T) {
 		t.Errorf("plan %q", got)
 	}
 }
+
+// Started with the create (CreateOpts.Start), the plan goes from ready to
+// the process without waiting for Start.
+func TestPlanStartingNowDoesNotWaitForStart(t *testing.T) {
+	s := DefaultSpec()
+	s.Process.Args = []string{"true"}
+	for _, now := range []bool{false, true} {
+		b, ok := fastInitPlan(&initConfig{Rootfs: "/b/rootfs", NewCgroupNS: true, StartNow: now}, s, nil, 0, planHostForTest())
+		if !ok {
+			t.Fatal("no plan")
+		}
+		got := stepNames(decodePlan(t, b))
+		want := "ready start-wait close-sync"
+		if now {
+			want = "ready close-sync"
+		}
+		if !strings.Contains(got, want) {
+			t.Errorf("start now %v: plan %q, want %q in it", now, got, want)
+		}
+	}
+}

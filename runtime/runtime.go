@@ -71,6 +71,11 @@ type CreateOpts struct {
 	// Pid, if set, receives the init's pid once the container is created:
 	// a caller that needs only that is spared reading the state back.
 	Pid *int
+	// Start runs the process as soon as the container is set up, as `runc
+	// run` does, for a caller with nothing to do between create and start
+	// (a network to attach, say): the init does not wait for Start, which
+	// must not be called, and the handshake it would take is saved.
+	Start bool
 }
 
 // ExecOpts are the choices for running one more process in a container.

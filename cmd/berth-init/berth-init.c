@@ -24,6 +24,8 @@
  * host a few pages, not a Go runtime.
  *
  *   berth-init -U     (hold a new user namespace for the agent; see below)
+ *   berth-init -P     (run a container init's plan: the runtime's fast init,
+ *                      runtime/fastinit/fastinit.c, linked in by hack/build.sh)
  *   berth-init [-l DIR] [-s MAXBYTES] [-n FILES] [-u UID] [-g GID]
  *              [-G GID,GID...] [-D CAP,CAP...] [-t] [-i] -- COMMAND [ARG...]
  */
@@ -329,6 +331,14 @@ static int holdUserns(void)
 	return 0;
 }
 
+/* The runtime's fast init (runtime/fastinit/fastinit.c): it starts the
+ * container's process from a plan the runtime computed, as berth-runtime's
+ * C constructor does, and never returns. Weak, so that berth-init builds on
+ * its own too (without -P). A glibc static executable spends a third of a
+ * millisecond identifying the CPU before main (each CPUID traps to the
+ * hypervisor of a VM); hack/build.sh builds berth-init with musl. */
+void berth_fastinit_plan(void) __attribute__((weak));
+
 int main(int argc, char **argv)
 {
 	const char *dir = NULL;
@@ -338,6 +348,17 @@ int main(int argc, char **argv)
 
 	if (argc == 2 && strcmp(argv[1], "-U") == 0)
 		return holdUserns();
+	if (argc == 2 && strcmp(argv[1], "-P") == 0) {
+		if (berth_fastinit_plan)
+			berth_fastinit_plan();
+		/* Said to the runtime waiting on the sync socket (fd 3), as the
+		 * fast init says its errors. */
+		static const char msg[] = "{\"t\":\"error\",\"e\":\"berth-init was built without the fast init "
+					  "(runtime/fastinit/fastinit.c): build it with hack/build.sh\"}";
+		if (send(3, msg, sizeof msg - 1, MSG_NOSIGNAL) < 0)
+			dprintf(2, "berth-init: built without the fast init\n");
+		return 125;
+	}
 	/* Every signal is blocked before anything else: as PID 1 of its
 	 * namespace, berth-init would have a SIGTERM without a handler
 	 * discarded, and a stop sent while it sets up would be lost (the

@@ -7,6 +7,10 @@
 // cover (hooks, consoles, preserved fds, seccomp notify, ...) get the Go
 // init, which does the same steps with the same checks.
 //
+// berth-init (cmd/berth-init) links this file too: a small static
+// executable starts far faster than the runtime's (see
+// Native.PlanInitPath).
+//
 // The plan arrives on fd 4 until EOF: per step a little-endian u32 field
 // count, then each field as a u32 length, its bytes and a NUL. Field 0 is
 // the step, field 1 says where in config.json it came from (for errors).
@@ -807,26 +811,42 @@ static uint32_t le32(const char *p) {
 	return (uint32_t)u[0] | (uint32_t)u[1] << 8 | (uint32_t)u[2] << 16 | (uint32_t)u[3] << 24;
 }
 
+void berth_fastinit_plan(void) __attribute__((noreturn));
+
 void berth_fastinit(void) {
 	const char *role = getenv("_BERTH_INIT");
 	if (role == NULL || strcmp(role, "plan") != 0)
 		return;
+	berth_fastinit_plan();
+}
+
+// berth_fastinit_plan runs the plan on fd 4 whatever the environment says:
+// berth-init, which carries this file too, calls it when started with -P
+// (see Native.PlanInitPath).
+void berth_fastinit_plan(void) {
 	unsetenv("_BERTH_INIT");
 	size_t size;
 	char *buf = read_plan(&size);
 	size_t off = 0;
+	// The steps' field arrays are reused, grown as needed, never freed:
+	// musl's allocator hands freed memory back to the kernel, a system
+	// call or two for each of the plan's fifty-odd steps.
+	struct step s = {0};
+	int cap = 0;
 	while (off < size) {
-		struct step s;
 		if (size - off < 4)
 			fail("plan: truncated");
 		s.n = (int)le32(buf + off);
 		off += 4;
 		if (s.n < 1 || s.n > 1 << 16)
 			fail("plan: bad field count");
-		s.f = calloc((size_t)s.n, sizeof *s.f);
-		s.len = calloc((size_t)s.n, sizeof *s.len);
-		if (!s.f || !s.len)
-			fail("plan: %s", strerror(ENOMEM));
+		if (s.n > cap) {
+			cap = s.n < 64 ? 64 : s.n;
+			s.f = realloc(s.f, (size_t)cap * sizeof *s.f);
+			s.len = realloc(s.len, (size_t)cap * sizeof *s.len);
+			if (!s.f || !s.len)
+				fail("plan: %s", strerror(ENOMEM));
+		}
 		for (int i = 0; i < s.n; i++) {
 			if (size - off < 4)
 				fail("plan: truncated");
@@ -839,8 +859,6 @@ void berth_fastinit(void) {
 			off += l + 1;
 		}
 		run_step(&s);
-		free(s.f);
-		free(s.len);
 	}
 	fail("plan: ends without exec");
 }
