@@ -126,7 +126,10 @@ type container struct {
 	// spare.
 	followers int
 	// watch is the pidfd of the running init; closing it stops the watch.
-	watch        *os.File
+	watch *os.File
+	// mntns holds the running init's mount namespace until its exit is
+	// recorded (see holdMounts).
+	mntns        *os.File
 	killed       bool
 	restartTimer *time.Timer
 	stopHealth   context.CancelFunc
@@ -266,6 +269,7 @@ func (a *Agent) Close() error {
 		if c.watch != nil {
 			c.watch.Close()
 		}
+		c.dropMounts()
 		if c.restartTimer != nil {
 			c.restartTimer.Stop()
 		}

@@ -85,6 +85,7 @@ func newEnv(t *testing.T) *env {
 	if e.rt, err = runtime.NewNative(filepath.Join(dir, "runtime"), nil); err != nil {
 		t.Fatal(err)
 	}
+	e.rt.PlanInitPath = e.init
 	t.Cleanup(func() {
 		list, _ := e.rt.List(context.Background())
 		for _, s := range list {

@@ -17,7 +17,9 @@ import (
 func buildInit(t *testing.T, dir string) string {
 	t.Helper()
 	p := filepath.Join(dir, "berth-init")
-	out, err := exec.Command("gcc", "-static", "-Os", "-o", p, "../cmd/berth-init/berth-init.c").CombinedOutput()
+	// With the runtime's fast init linked in, as hack/build.sh builds it:
+	// newEnv's runtime runs plans with it, as berth up's does.
+	out, err := exec.Command("gcc", "-static", "-Os", "-o", p, "../cmd/berth-init/berth-init.c", "../runtime/fastinit/fastinit.c").CombinedOutput()
 	if err != nil {
 		t.Fatalf("build berth-init: %v\n%s", err, out)
 	}

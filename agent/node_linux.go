@@ -46,6 +46,9 @@ type Node struct {
 	kick  chan struct{}
 	// handoff wakes the handoff loop when an instance leaves.
 	handoff chan struct{}
+	// prepared are containers made ahead of their placement (Prepare), by
+	// "tenant/name"; guarded by mu.
+	prepared map[string]*preparation
 }
 
 // nodeInstance is the node's record of one instance placed on it.
@@ -83,7 +86,7 @@ func NewNode(cfg NodeConfig) (*Node, error) {
 		cfg.Reg.Spec.Capacity = HostCapacity()
 	}
 	return &Node{cfg: cfg, log: cfg.Log.With("node", cfg.Name), insts: map[string]*nodeInstance{}, kick: make(chan struct{}, 1),
-		handoff: make(chan struct{}, 1)}, nil
+		handoff: make(chan struct{}, 1), prepared: map[string]*preparation{}}, nil
 }
 
 // HostCapacity is this machine's CPUs (millicores) and memory.
@@ -157,6 +160,7 @@ func (n *Node) serve(ctx context.Context) error {
 // container (adopting one that already runs), and containers of instances
 // no longer here are removed.
 func (n *Node) resync(ctx context.Context, items []*api.Instance) {
+	n.forgetPrepared()
 	want := map[string]bool{}
 	for _, in := range items {
 		want[in.Tenant+"/"+in.Name] = true
@@ -400,6 +404,9 @@ func (n *Node) sync(ctx context.Context, in *api.Instance) {
 		}
 	}
 	act := DecideInstance(in, have, acted)
+	if act != ActCreate && act != ActReplace {
+		n.discardPrepared(key)
+	}
 	if act == ActNone {
 		n.poke()
 		return
@@ -417,6 +424,10 @@ func (n *Node) sync(ctx context.Context, in *api.Instance) {
 		id = ""
 		fallthrough
 	case ActCreate:
+		if pid, ok := n.takePrepared(ctx, in); ok {
+			id, err = pid, n.cfg.Agent.Start(ctx, pid)
+			break
+		}
 		var spec ContainerSpec
 		if spec, err = InstanceSpec(in, n.cfg.Name, n.cfg.Network); err == nil {
 			id, err = n.cfg.Agent.Run(ctx, spec)

@@ -57,6 +57,7 @@ type cluster struct {
 	url   string
 	admin *api.Client
 	ctx   context.Context
+	runs  *Runs
 }
 
 var prefixSeq atomic.Int64
@@ -94,7 +95,7 @@ func newCluster(t *testing.T, lead bool) *cluster {
 		handler.Close()
 		_, _ = etcdClient.Delete(context.Background(), prefix+"/", clientv3.WithPrefix())
 	})
-	return &cluster{st: st, api: handler, srv: srv, log: log, url: srv.URL, admin: api.NewClient(srv.URL, adminSecret, nil), ctx: ctx}
+	return &cluster{st: st, api: handler, srv: srv, log: log, url: srv.URL, admin: api.NewClient(srv.URL, adminSecret, nil), ctx: ctx, runs: runs}
 }
 
 func (c *cluster) tenant(t *testing.T, name string) {

@@ -23,6 +23,24 @@ import (
 type Runs struct {
 	mu   sync.Mutex
 	reqs chan runRequest // the leading loop's, while one leads
+	prep Preparer
+}
+
+// Preparer is a node in the same process as the loop (berth up's), which
+// can make a run's container while the transaction that places the run on
+// it is written, and start it once the placement is stored.
+type Preparer interface {
+	// Prepare begins making in's container if in is placed on this
+	// node; stored says whether the transaction stored in (else what was
+	// prepared goes).
+	Prepare(in *api.Instance) (stored func(ok bool))
+}
+
+// SetPreparer gives the loop the node of its process to prepare runs on.
+func (r *Runs) SetPreparer(p Preparer) {
+	r.mu.Lock()
+	r.prep = p
+	r.mu.Unlock()
 }
 
 // NewRuns returns the join for one server and one loop in a process.
@@ -31,6 +49,7 @@ func NewRuns() *Runs { return &Runs{} }
 type runRequest struct {
 	ctx  context.Context
 	in   *api.Instance
+	prep Preparer           // may be nil
 	done chan *api.Instance // the instance as stored, or nil
 }
 
@@ -42,12 +61,12 @@ func (r *Runs) create(ctx context.Context, in *api.Instance) *api.Instance {
 		return nil
 	}
 	r.mu.Lock()
-	reqs := r.reqs
+	reqs, prep := r.reqs, r.prep
 	r.mu.Unlock()
 	if reqs == nil {
 		return nil
 	}
-	req := runRequest{ctx: ctx, in: in, done: make(chan *api.Instance, 1)}
+	req := runRequest{ctx: ctx, in: in, prep: prep, done: make(chan *api.Instance, 1)}
 	select {
 	case reqs <- req:
 	default:
@@ -101,7 +120,12 @@ func (l *Loop) createPlaced(req runRequest) {
 	batch := []placement{{next: c, node: i}}
 	cmps, ops := l.placeOps(batch)
 	cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(l.st.Key(api.KindTenant, "", in.Tenant)), ">", 0))
+	stored := func(bool) {}
+	if req.prep != nil {
+		stored = req.prep.Prepare(copyInstance(c))
+	}
 	rev, err := l.txn(req.ctx, "create and place instance "+in.Name, cmps, ops)
+	stored(err == nil)
 	if err != nil {
 		// Taken meanwhile, the tenant gone, the node's allocation moved,
 		// the leadership lost, or ctx ended: the server's create says

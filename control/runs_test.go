@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"slices"
+	"sync"
 	"testing"
 
 	"github.com/berth-dev/berth/api"
@@ -18,6 +20,8 @@ func TestRunsAreCreatedPlaced(t *testing.T) {
 	c := newCluster(t, true)
 	c.tenant(t, "shop")
 	c.startNode(t, "n1", nil, nil)
+	prep := &prepRecorder{node: map[string]string{}, stored: map[string][]bool{}}
+	c.runs.SetPreparer(prep)
 	run := func(name string, mod func(*api.Instance)) (*api.Instance, error) {
 		in := &api.Instance{Meta: api.Meta{Name: name, Tenant: "shop"}, Spec: api.InstanceSpec{AutoRemove: true, Desired: api.DesiredRunning,
 			Template: api.Template{Image: "busybox", Command: []string{"true"}, Restart: api.RestartNever, Resources: api.Resources{CPU: 100, Memory: 1 << 20}}}}
@@ -61,6 +65,11 @@ func TestRunsAreCreatedPlaced(t *testing.T) {
 		t.Fatalf("n1's index: %v %v, want %s", idx, err, in.Name)
 	}
 
+	// The node was asked to prepare it on the way, and told it was stored.
+	if node, stored := prep.of(in.Name); node != "n1" || !slices.Equal(stored, []bool{true}) {
+		t.Fatalf("%s prepared on %q, stored %v: want n1, [true]", in.Name, node, stored)
+	}
+
 	if _, err := run(in.Name, nil); !api.IsConflict(err) {
 		t.Fatalf("a second run named %s: %v, want a conflict", in.Name, err)
 	}
@@ -74,6 +83,14 @@ func TestRunsAreCreatedPlaced(t *testing.T) {
 	}
 	if big.Spec.Node != "" {
 		t.Fatalf("an instance no node fits was placed on %s", big.Spec.Node)
+	}
+	// What the loop failed to store was dropped; what it could not place
+	// was never prepared.
+	if _, stored := prep.of("other"); slices.Contains(stored, true) {
+		t.Fatalf("a run in a missing tenant was stored as prepared: %v", stored)
+	}
+	if node, _ := prep.of("big"); node != "" {
+		t.Fatalf("an instance no node fits was prepared on %s", node)
 	}
 	eventually(t, "big to be pending with a reason", func() error {
 		got := &api.Instance{}
@@ -93,4 +110,28 @@ func TestRunsAreCreatedPlaced(t *testing.T) {
 	if stopped.Spec.Node != "" {
 		t.Fatalf("a stopped instance was placed on %s at its create", stopped.Spec.Node)
 	}
+}
+
+// prepRecorder is a Preparer that records what it is asked.
+type prepRecorder struct {
+	mu     sync.Mutex
+	node   map[string]string // instance name → node it was prepared on
+	stored map[string][]bool
+}
+
+func (p *prepRecorder) Prepare(in *api.Instance) func(bool) {
+	p.mu.Lock()
+	p.node[in.Name] = in.Spec.Node
+	p.mu.Unlock()
+	return func(ok bool) {
+		p.mu.Lock()
+		p.stored[in.Name] = append(p.stored[in.Name], ok)
+		p.mu.Unlock()
+	}
+}
+
+func (p *prepRecorder) of(name string) (node string, stored []bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.node[name], slices.Clone(p.stored[name])
 }

@@ -55,10 +55,17 @@ type node struct {
 	rt    *runtime.Native
 }
 
+// build returns berth-init and berth-runtime: hack/build.sh's in
+// $BERTH_BIN_DIR, else built here (berth-init with glibc, as hack/build.sh
+// does without musl-gcc).
 func build(b *testing.B, dir string) (initPath, runtimePath string) {
 	b.Helper()
+	if bin := os.Getenv("BERTH_BIN_DIR"); bin != "" {
+		return filepath.Join(bin, "berth-init"), filepath.Join(bin, "berth-runtime")
+	}
 	initPath = filepath.Join(dir, "berth-init")
-	if out, err := exec.Command("gcc", "-static", "-Os", "-s", "-o", initPath, "../../cmd/berth-init/berth-init.c").CombinedOutput(); err != nil {
+	if out, err := exec.Command("gcc", "-static", "-Os", "-s", "-o", initPath, "../../cmd/berth-init/berth-init.c",
+		"../../runtime/fastinit/fastinit.c").CombinedOutput(); err != nil {
 		b.Fatalf("build berth-init: %v %s", err, out)
 	}
 	runtimePath = filepath.Join(dir, "berth-runtime")
@@ -90,7 +97,7 @@ func nodeParts(b *testing.B) (dir, initPath string, images *image.Store, rt *run
 	if err != nil {
 		b.Fatal(err)
 	}
-	rt.InitPath = rtPath
+	rt.InitPath, rt.PlanInitPath = rtPath, initPath
 	if _, err := cgroups.FavorDynMods(); err != nil {
 		b.Log(err)
 	}

@@ -136,7 +136,7 @@ func up(ctx context.Context, log *slog.Logger, cfg upConfig, ready func(apiURL, 
 	go func() {
 		defer wg.Done()
 		nodeErr <- runNodeHost(ctx, log, nodeHost{
-			dataDir: cfg.dataDir, node: cfg.node, client: nodeClient, keepCgroups: cfg.keepCgroups, stateDir: cfg.stateDir,
+			dataDir: cfg.dataDir, node: cfg.node, client: nodeClient, keepCgroups: cfg.keepCgroups, stateDir: cfg.stateDir, runs: runs,
 			openNet: func(ctx context.Context) (agent.Networker, string, func() error, error) {
 				if !cfg.net.enabled() {
 					return nil, "none", func() error { return nil }, nil
@@ -187,6 +187,9 @@ type nodeHost struct {
 	// stateDir holds what does not outlive a boot: the runtime's state and
 	// the agent's mount points. Empty means statedir.Default(dataDir).
 	stateDir string
+	// runs, when the control plane's leader runs in this process, is
+	// where the node offers to prepare the runs placed on it.
+	runs *control.Runs
 }
 
 // addStateDirFlag is the node commands' --state-dir.
@@ -229,6 +232,7 @@ func runNodeHost(ctx context.Context, log *slog.Logger, h nodeHost) error {
 		return err
 	}
 	rt.InitPath = rtPath
+	rt.PlanInitPath = initPath
 	if !h.keepCgroups {
 		if changed, err := cgroups.FavorDynMods(); err != nil {
 			log.Warn("cgroup2 favordynmods: not set, container starts wait for the kernel's cgroup lock", "err", err)
@@ -261,6 +265,10 @@ func runNodeHost(ctx context.Context, log *slog.Logger, h nodeHost) error {
 	n, err := agent.NewNode(agent.NodeConfig{Name: h.node, Client: h.client, Agent: a, Network: netName, Log: log, Reg: reg})
 	if err != nil {
 		return err
+	}
+	if h.runs != nil {
+		h.runs.SetPreparer(n)
+		defer h.runs.SetPreparer(nil)
 	}
 	if h.ready != nil {
 		h.ready()
