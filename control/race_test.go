@@ -41,6 +41,9 @@ func TestRacingSchedulersNeverOverCommit(t *testing.T) {
 	for round := 0; round < 20; round++ {
 		var wg sync.WaitGroup
 		errs := make([]error, len(loops))
+		// Both load before either places: a loop that loaded after the
+		// other's first placement, and then forgot its instances below,
+		// would see the node's allocation as current and its room as free.
 		for i, l := range loops {
 			if err := l.Load(c.ctx); err != nil {
 				t.Fatal(err)
@@ -54,6 +57,8 @@ func TestRacingSchedulersNeverOverCommit(t *testing.T) {
 					}
 				}
 			}
+		}
+		for i, l := range loops {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()

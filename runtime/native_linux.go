@@ -521,6 +521,10 @@ func hasNS(ns map[specs.LinuxNamespaceType]string, t specs.LinuxNamespaceType) b
 func (r *Native) converse(ctx context.Context, sock *os.File, rec *record, spec *specs.Spec, opts CreateOpts) error {
 	conn := syncConn{fd: int(sock.Fd())}
 	if err := conn.send(syncMsg{Type: msgCgroupReady}, -1); err != nil {
+		// An init that failed at once said why before it went.
+		if why := conn.lastWords(); why != nil {
+			return why
+		}
 		return err
 	}
 	for {

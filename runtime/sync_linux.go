@@ -97,3 +97,21 @@ func (c syncConn) recv() (syncMsg, int, error) {
 }
 
 var errPeerGone = errors.New("peer closed the sync socket")
+
+// lastWords returns the error a peer that has gone said before it went,
+// from what it left unread, or nil.
+func (c syncConn) lastWords() error {
+	for range 16 {
+		m, fd, err := c.recv()
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+		if err != nil {
+			return nil
+		}
+		if m.Type == msgError {
+			return errors.New(m.Error)
+		}
+	}
+	return nil
+}
