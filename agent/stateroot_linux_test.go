@@ -156,6 +156,13 @@ func TestContainersStartAgainAfterARebootEmptiedTheStateRoot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Run returns once the container is set up, maybe before its shell
+	// has written: a stop sent then would end the run before it does.
+	runs := filepath.Join(root, "volumes", "v", "_data", "runs")
+	waitFor(t, "the first run to write to its volume", func() bool {
+		b, _ := os.ReadFile(runs)
+		return string(b) == "run\n"
+	})
 	if err := a1.Stop(ctx, stopped, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -190,7 +197,6 @@ func TestContainersStartAgainAfterARebootEmptiedTheStateRoot(t *testing.T) {
 	if err := a2.Start(ctx, stopped); err != nil {
 		t.Fatalf("start after the reboot: %v", err)
 	}
-	runs := filepath.Join(root, "volumes", "v", "_data", "runs")
 	waitFor(t, "the second run to write to its volume", func() bool {
 		b, _ := os.ReadFile(runs)
 		return string(b) == "run\nrun\n"

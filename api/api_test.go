@@ -202,3 +202,17 @@ func TestTemplateMountsAndNetwork(t *testing.T) {
 		}
 	}
 }
+
+// A join token pins the CA by 64 lower-case hex digits; anything else is
+// refused.
+func TestParseJoinTokenWantsALowerHexFingerprint(t *testing.T) {
+	fp := strings.Repeat("0f", 32)
+	if got, secret, err := ParseJoinToken(FormatJoinToken(fp, "s3cret")); err != nil || got != fp || secret != "s3cret" {
+		t.Fatalf("ParseJoinToken of a good token: %q %q %v", got, secret, err)
+	}
+	for _, bad := range []string{strings.Repeat("0F", 32), strings.Repeat("g0", 32), fp[:63] + " "} {
+		if _, _, err := ParseJoinToken(FormatJoinToken(bad, "s3cret")); err == nil {
+			t.Errorf("fingerprint %q accepted", bad)
+		}
+	}
+}

@@ -388,21 +388,6 @@ func (r *Native) create(ctx context.Context, id, bundle string, opts CreateOpts)
 	if err := writeFileAtomic(filepath.Join(dir, "config.json"), specJSON, 0o600); err != nil {
 		return nil, fmt.Errorf("save config: %w", err)
 	}
-	fifoPath := filepath.Join(dir, execFifo)
-	if err := unix.Mkfifo(fifoPath, 0o622); err != nil {
-		return nil, fmt.Errorf("make exec fifo: %w", err)
-	}
-	// Mkfifo honours the umask; the init may run as another user.
-	if err := os.Chmod(fifoPath, 0o622); err != nil {
-		return nil, err
-	}
-	fifoFD, err := unix.Open(fifoPath, unix.O_PATH|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("open exec fifo: %w", err)
-	}
-	fifo := os.NewFile(uintptr(fifoFD), "exec-fifo")
-	defer fifo.Close()
-
 	cfg := initConfig{
 		ID: id, Bundle: bundle, Rootfs: rootfs, SpecJSON: specJSON, NoPivot: opts.NoPivot,
 		Console: spec.Process.Terminal, PreserveFDs: opts.PreserveFDs, Seccomp: seccompProg, StartNow: opts.Start,
@@ -430,13 +415,25 @@ func (r *Native) create(ctx context.Context, id, bundle string, opts CreateOpts)
 		return nil, err
 	}
 	selfUnshare := role == roleFastInit && cfg.Unshare != 0
-	// The fast init leaves out the wait for Start; the Go init waits, and
-	// Create starts it.
+	// The fast init leaves out the wait for Start, and needs no exec fifo;
+	// the Go init waits, and Create starts it.
 	startNow := role == roleFastInit && cfg.StartNow
-	if startNow {
-		if err := os.Remove(fifoPath); err != nil {
-			return nil, fmt.Errorf("remove exec fifo: %w", err)
+	var fifo *os.File
+	if !startNow {
+		fifoPath := filepath.Join(dir, execFifo)
+		if err := unix.Mkfifo(fifoPath, 0o622); err != nil {
+			return nil, fmt.Errorf("make exec fifo: %w", err)
 		}
+		// Mkfifo honours the umask; the init may run as another user.
+		if err := os.Chmod(fifoPath, 0o622); err != nil {
+			return nil, err
+		}
+		fifoFD, err := unix.Open(fifoPath, unix.O_PATH|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, fmt.Errorf("open exec fifo: %w", err)
+		}
+		fifo = os.NewFile(uintptr(fifoFD), "exec-fifo")
+		defer fifo.Close()
 	}
 	args := []string{"berth-runtime", "init"}
 	if role == roleFastInit && r.PlanInitPath != "" {

@@ -372,8 +372,12 @@ func runFollowed(ctx context.Context, c *api.Client, tenant string, in *api.Inst
 // container's, as docker's --sig-proxy does, until the returned stop.
 func proxySignals(ctx context.Context, c *api.Client, tenant, name string) (stop func()) {
 	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	notified := make(chan struct{})
+	// The process's first Notify starts the runtime's signal thread, a
+	// tenth of a millisecond: the request goes out meanwhile.
 	go func() {
+		signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+		close(notified)
 		for s := range sigs {
 			sig := "INT"
 			if s == syscall.SIGTERM {
@@ -382,7 +386,10 @@ func proxySignals(ctx context.Context, c *api.Client, tenant, name string) (stop
 			_ = c.Kill(ctx, tenant, name, sig)
 		}
 	}()
-	return func() { signal.Stop(sigs) }
+	return func() {
+		<-notified
+		signal.Stop(sigs)
+	}
 }
 
 // exitWith makes berth exit with a container's code.
