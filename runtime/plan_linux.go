@@ -94,20 +94,7 @@ func planCgroups(h cgroups.Hierarchy) []planCgroup {
 
 // planWriter encodes steps as fastinit.c reads them: per step a u32 field
 // count, then per field a u32 length, the bytes and a NUL.
-type planWriter struct {
-	b []byte
-	// joinEarly are the namespaces a helper makes (see step_userns), to
-	// be joined before the first step that needs them.
-	joinEarly uintptr
-}
-
-// join enters the helper's namespaces, if they are still to be.
-func (w *planWriter) join() {
-	if w.joinEarly != 0 {
-		w.step("join-early", "linux.namespaces", itoa(w.joinEarly))
-		w.joinEarly = 0
-	}
-}
+type planWriter struct{ b []byte }
 
 func (w *planWriter) step(fields ...string) {
 	w.b = binary.LittleEndian.AppendUint32(w.b, uint32(len(fields)))
@@ -145,23 +132,11 @@ func fastInitPlan(cfg *initConfig, spec *specs.Spec, prog *seccomp.Program, chil
 	// The network and IPC namespaces, the costly ones, are made while the
 	// parent writes the user namespace's id maps (see step_userns).
 	early := cfg.Unshare & (unix.CLONE_NEWNET | unix.CLONE_NEWIPC)
-	newNet := false
-	if p, ok := ns[specs.NetworkNamespace]; ok && p == "" {
-		newNet = true
-	}
-	// A helper process makes them while the mounts that do not need them
-	// are made, unless the pids limit leaves no room for it (this process,
-	// the helper and the container's init are three).
-	helper := early != 0 && pidsRoom(spec, 4)
-	loByHelper := helper && newNet && early&unix.CLONE_NEWNET != 0
 	if cfg.Unshare != 0 {
 		// Namespaces made here rather than by clone (see initConfig):
 		// the user namespace first, so that it owns the others. It needs
 		// no cgroup: it is made while the parent places this process.
-		if helper {
-			w.step("userns", "unshare user namespace", itoa(early), "1", boolNum(loByHelper))
-			w.joinEarly = early
-		} else if early != 0 {
+		if early != 0 {
 			w.step("userns", "unshare user namespace", itoa(early))
 		} else {
 			w.step("userns", "unshare user namespace")
@@ -184,7 +159,7 @@ func fastInitPlan(cfg *initConfig, spec *specs.Spec, prog *seccomp.Program, chil
 	} else if cfg.NewCgroupNS {
 		w.step("unshare", "unshare cgroup namespace", itoa(unix.CLONE_NEWCGROUP))
 	}
-	if newNet && !loByHelper {
+	if p, ok := ns[specs.NetworkNamespace]; ok && p == "" {
 		// A new network namespace gets its loopback up, as runc gives it.
 		w.step("lo-up", "linux.namespaces: network")
 	}
@@ -200,7 +175,6 @@ func fastInitPlan(cfg *initConfig, spec *specs.Spec, prog *seccomp.Program, chil
 	if !planRootfs(w, cfg, spec, ns, host) {
 		return nil, false
 	}
-	w.join()
 	keys := make([]string, 0, len(spec.Linux.Sysctl))
 	for k := range spec.Linux.Sysctl {
 		keys = append(keys, k)
@@ -329,9 +303,6 @@ func planRootfs(w *planWriter, cfg *initConfig, spec *specs.Spec, ns map[specs.L
 			}
 			w.step(append([]string{"mount", ctx, m.Destination, m.Source, "", itoa(mo.flags), "", "1", boolNum(file), remount, itoa(rest), ""}, propagations(mo)...)...)
 		default:
-			if m.Type == "sysfs" || m.Type == "mqueue" {
-				w.join() // they show the current network and IPC namespaces
-			}
 			fallback, rflags := "", 0
 			if m.Type == "sysfs" && !ownNetNS {
 				fallback, rflags = "/sys", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC
@@ -464,11 +435,4 @@ func planCredentials(w *planWriter, p *specs.Process, lastCap int) bool {
 		w.step("ambient", "config.json: process.capabilities.ambient", itoa(int(c)), n)
 	}
 	return true
-}
-
-// pidsRoom reports whether the spec's pids limit, if any, allows n
-// processes.
-func pidsRoom(spec *specs.Spec, n int64) bool {
-	r := spec.Linux.Resources
-	return r == nil || r.Pids == nil || r.Pids.Limit == nil || *r.Pids.Limit <= 0 || *r.Pids.Limit >= n
 }

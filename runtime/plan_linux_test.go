@@ -258,35 +258,13 @@ func TestPlanMakesTheNamespacesItselfWithAUserNamespace(t *testing.T) {
 		t.Fatal("no plan")
 	}
 	steps := decodePlan(t, b)
-	// A helper makes the network and IPC namespaces (and brings lo up)
-	// while the mounts that do not need them are made; they are joined
-	// before the first that does.
-	if got, want := stepNames(steps), "userns setresgid setresuid cgroup-ready unshare fork hostname setsid"; !strings.HasPrefix(got, want) {
+	if got, want := stepNames(steps), "userns setresgid setresuid cgroup-ready unshare fork lo-up hostname setsid"; !strings.HasPrefix(got, want) {
 		t.Fatalf("plan %q, want it to start %q", got, want)
 	}
 	early := uintptr(unix.CLONE_NEWNET | unix.CLONE_NEWIPC)
-	if st := findStep(steps, "userns"); !slices.Equal(st[2:], []string{itoa(early), "1", "1"}) {
-		t.Errorf("userns step %q, want the network and IPC namespaces made by a helper with it, lo brought up", st)
+	if st := findStep(steps, "userns"); len(st) != 3 || st[2] != itoa(early) {
+		t.Errorf("userns step %q, want the network and IPC namespaces made with it", st)
 	}
-	if st := findStep(steps, "join-early"); len(st) != 3 || st[2] != itoa(early) {
-		t.Errorf("join-early step %q", st)
-	}
-	for i, st := range steps {
-		if st[0] == "mount" && (st[4] == "mqueue" || st[4] == "sysfs") && findStep(steps[:i], "join-early") == nil {
-			t.Errorf("%s mounted before the namespaces are joined: %q", st[4], stepNames(steps))
-		}
-	}
-
-	// Under a pids limit with no room for the helper, they are made in
-	// the userns step.
-	limit := int64(2)
-	s.Linux.Resources.Pids = &specs.LinuxPids{Limit: &limit}
-	b, _ = fastInitPlan(cfg, s, nil, 0, planHostForTest())
-	steps = decodePlan(t, b)
-	if st := findStep(steps, "userns"); len(st) != 3 || st[2] != itoa(early) || findStep(steps, "join-early") != nil || findStep(steps, "lo-up") == nil {
-		t.Errorf("pids limit 2: userns step %q, plan %q", st, stepNames(steps))
-	}
-	s.Linux.Resources.Pids = nil
 	if st := findStep(steps, "unshare"); st[2] != itoa(all&^(unix.CLONE_NEWUSER|early)|unix.CLONE_NEWCGROUP) {
 		t.Errorf("unshare step %q", st)
 	}

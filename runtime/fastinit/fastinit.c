@@ -44,7 +44,6 @@
 #include <sys/statvfs.h>
 #include <sys/sysmacros.h>
 #include <sys/syscall.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #define SYNC_FD 3
@@ -610,119 +609,19 @@ static void wait_msg(const char *want, const char *what) {
 	}
 }
 
-static void step_lo_up(void);
-
-// The early namespaces can be made by a helper, a child of this process,
-// while this process goes on with the mounts that do not need them; it
-// sends them over early_sock and the join-early step enters them. Its
-// errors go to the runtime over the sync socket, as this process's do.
-static int early_sock = -1;
-static pid_t early_helper, early_parent;
-
-static void early_helper_main(int sock, unsigned long early, int lo) {
-	if (unshare((int)early) < 0)
-		fail("unshare namespaces: %s", strerror(errno));
-	if (lo)
-		step_lo_up();
-	int fds[2], n = 0;
-	if (early & CLONE_NEWNET)
-		fds[n++] = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
-	if (early & CLONE_NEWIPC)
-		fds[n++] = open("/proc/self/ns/ipc", O_RDONLY | O_CLOEXEC);
-	for (int i = 0; i < n; i++)
-		if (fds[i] < 0)
-			fail("open the new namespaces: %s", strerror(errno));
-	char c = 0, cbuf[CMSG_SPACE(sizeof fds)];
-	memset(cbuf, 0, sizeof cbuf);
-	struct iovec iov = {&c, 1};
-	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = CMSG_SPACE((size_t)n * sizeof(int))};
-	struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-	cm->cmsg_level = SOL_SOCKET;
-	cm->cmsg_type = SCM_RIGHTS;
-	cm->cmsg_len = CMSG_LEN((size_t)n * sizeof(int));
-	memcpy(CMSG_DATA(cm), fds, (size_t)n * sizeof(int));
-	if (sendmsg(sock, &mh, MSG_NOSIGNAL) < 0)
-		fail("send the new namespaces: %s", strerror(errno));
-	_exit(0);
-}
-
-static void start_early_helper(unsigned long early, int lo) {
-	int sp[2];
-	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) < 0)
-		fail("socketpair: %s", strerror(errno));
-	pid_t pid = fork();
-	if (pid < 0)
-		fail("fork: %s", strerror(errno));
-	if (pid == 0) {
-		close(sp[0]);
-		early_helper_main(sp[1], early, lo);
-	}
-	close(sp[1]);
-	early_sock = sp[0];
-	early_helper = pid;
-	early_parent = getpid();
-}
-
-// reap_early_helper waits for the helper if this process is its parent
-// (the init forked into a pid namespace is not).
-static void reap_early_helper(void) {
-	if (early_helper <= 0 || getpid() != early_parent)
-		return;
-	while (waitpid(early_helper, NULL, 0) < 0 && errno == EINTR)
-		;
-	early_helper = 0;
-}
-
-// step_join_early: join-early FLAGS enters the namespaces the helper made.
-static void step_join_early(unsigned long early) {
-	int fds[2];
-	char c, cbuf[CMSG_SPACE(sizeof fds)];
-	struct iovec iov = {&c, 1};
-	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf};
-	ssize_t r;
-	do
-		r = recvmsg(early_sock, &mh, MSG_CMSG_CLOEXEC);
-	while (r < 0 && errno == EINTR);
-	if (r <= 0)
-		fail("the helper making the namespaces ended without them%s%s", r < 0 ? ": " : "", r < 0 ? strerror(errno) : "");
-	struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-	int want = !!(early & CLONE_NEWNET) + !!(early & CLONE_NEWIPC);
-	if (cm == NULL || cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS || cm->cmsg_len != CMSG_LEN((size_t)want * sizeof(int)))
-		fail("the helper making the namespaces sent something else");
-	memcpy(fds, CMSG_DATA(cm), (size_t)want * sizeof(int));
-	int i = 0;
-	if (early & CLONE_NEWNET) {
-		if (setns(fds[i], CLONE_NEWNET) < 0)
-			fail("enter the new network namespace: %s", strerror(errno));
-		close(fds[i++]);
-	}
-	if (early & CLONE_NEWIPC) {
-		if (setns(fds[i], CLONE_NEWIPC) < 0)
-			fail("enter the new IPC namespace: %s", strerror(errno));
-		close(fds[i++]);
-	}
-	close(early_sock);
-	early_sock = -1;
-	reap_early_helper();
-}
-
 // step_userns makes the user namespace the others will belong to; the
 // parent, root outside it, writes its id maps. The namespaces in early
 // (a network namespace takes most of a millisecond) are made meanwhile:
 // they need the new namespace's capabilities, not its maps. They wait for
 // the cgroup placement all the same, so that the kernel memory they hold
-// is charged to the container's cgroup and not to its runtime's. With
-// helper set a helper makes them (and brings lo up, with lo), while this
-// process goes on until join-early.
-static void step_userns(unsigned long early, int helper, int lo) {
+// is charged to the container's cgroup and not to its runtime's.
+static void step_userns(unsigned long early) {
 	if (unshare(CLONE_NEWUSER) < 0)
 		fail("%s", strerror(errno));
 	send_msg("idmap");
 	if (early != 0) {
 		wait_msg("cgroup-ready", "cgroup placement");
-		if (helper)
-			start_early_helper(early, lo);
-		else if (unshare((int)early) < 0)
+		if (unshare((int)early) < 0)
 			fail("unshare namespaces: %s", strerror(errno));
 	}
 	wait_msg("idmap-done", "the user namespace's id maps");
@@ -768,7 +667,6 @@ static void step_fork(void) {
 		}
 		// The child may go on now, not only once this process is gone.
 		(void)!write(p[1], "", 1);
-		reap_early_helper();
 		_exit(0);
 	}
 	close(p[1]);
@@ -785,9 +683,7 @@ static void run_step(const struct step *s) {
 	if (IS("cgroup-ready"))
 		wait_msg("cgroup-ready", "cgroup placement");
 	else if (IS("userns"))
-		step_userns(s->n > 2 ? (unsigned long)num(s, 2) : 0, s->n > 3 && num(s, 3), s->n > 4 && num(s, 4));
-	else if (IS("join-early"))
-		step_join_early((unsigned long)num(s, 2));
+		step_userns(s->n > 2 ? (unsigned long)num(s, 2) : 0);
 	else if (IS("fork"))
 		step_fork();
 	else if (IS("lo-up"))
