@@ -197,9 +197,12 @@ func (o *OCI) Create(ctx context.Context, id, bundle string, opts CreateOpts) er
 	if err := o.command(ctx, &opts.IO, append(args, id)...); err != nil {
 		return err
 	}
+	// What fails after the create takes the container with it: the caller
+	// has nothing to delete.
 	if opts.Pid != nil {
 		st, err := o.State(ctx, id)
 		if err != nil {
+			_ = o.Delete(context.WithoutCancel(ctx), id, true)
 			return err
 		}
 		*opts.Pid = st.Pid

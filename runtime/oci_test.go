@@ -131,6 +131,16 @@ func exerciseOCI(t *testing.T, o *OCI) {
 	if _, err := o.State(ctx, "oci"); !errors.Is(err, ErrNotExist) {
 		t.Errorf("state after delete: %v, want ErrNotExist", err)
 	}
+	// Created with Start, it runs without a Start of the caller's.
+	if err := o.Create(ctx, "oci-now", bundle, CreateOpts{Start: true}); err != nil {
+		t.Fatalf("create with start: %v", err)
+	}
+	if st, err := o.State(ctx, "oci-now"); err != nil || st.Status != Running {
+		t.Errorf("state after create with start: %+v %v", st, err)
+	}
+	if err := o.Delete(ctx, "oci-now", true); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
 	// A failure carries the runtime's own message, not a bare exit status.
 	err = o.Create(ctx, "bad", filepath.Join(worldDir(t), "nobundle"), CreateOpts{})
 	if err == nil || strings.Contains(err.Error(), "exit status") {
